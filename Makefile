@@ -1,0 +1,42 @@
+# Two commands a newcomer needs: `make demo` and `make test`. Both set everything up first and
+# are idempotent: a second run skips what is already in place.
+
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+# torch is pinned to the CPU wheel through constraints.txt; /opt/wheels is where it lies on our machines.
+PIP    := $(PY) -m pip install -c constraints.txt $(if $(wildcard /opt/wheels),--find-links /opt/wheels)
+STAMP  := $(VENV)/.installed
+
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+
+.PHONY: setup demo test test-fast bench clean
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip setuptools wheel
+	$(PIP) -q torch==2.13.0
+	$(PIP) -q -e '.[all,test]'
+	touch $@
+
+setup: $(STAMP)
+
+demo: setup
+	$(VENV)/bin/loraops demo
+
+# PostgreSQL is installed (Debian package) and started on loopback for the registry tests;
+# scripts/postgres.sh prints its URL, or nothing (loudly) where it cannot be installed.
+test: setup
+	LORAOPS_TEST_PG_URL="$$(bash scripts/postgres.sh)" \
+	LORAOPS_MODELS="$${LORAOPS_MODELS:-$$HOME/.loraops/models}" \
+	$(PY) -m pytest -q
+
+test-fast: setup
+	$(PY) -m pytest -q -m "not slow"
+
+bench: setup
+	$(PY) bench/train.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache

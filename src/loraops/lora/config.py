@@ -1,0 +1,130 @@
+"""LoRAConfig: the typed, validated description of an adapter, and its PEFT JSON form."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, fields
+
+from loraops.errors import AdapterFormatError, ConfigError
+
+ALL_LINEAR = "all-linear"
+
+
+@dataclass
+class LoRAConfig:
+    """What to adapt and how. Field names follow PEFT's `LoraConfig` where they overlap.
+
+    `target_modules` is a list of module-name suffixes, a regex string (full match on the module
+    path), or "all-linear" (every Linear/Conv1D except the LM head and `modules_to_save`).
+    `init` is "default" (PEFT's: kaiming-uniform A, zero B, so the adapter starts as a no-op),
+    "gaussian" (A ~ N(0, 1/r), zero B) or "random" (non-zero B too; for tests only).
+    """
+
+    r: int = 8
+    alpha: float = 16.0
+    dropout: float = 0.0
+    target_modules: list[str] | str = field(default_factory=lambda: ["q_proj", "v_proj"])
+    layers_to_transform: list[int] | None = None
+    layers_pattern: list[str] | None = None
+    use_rslora: bool = False
+    use_dora: bool = False
+    fan_in_fan_out: bool = False  # set by inject() for GPT-2 Conv1D targets, as PEFT does
+    modules_to_save: list[str] | None = None
+    rank_pattern: dict[str, int] = field(default_factory=dict)
+    alpha_pattern: dict[str, float] = field(default_factory=dict)
+    init: str = "default"
+    task_type: str | None = "CAUSAL_LM"
+    base_model_name_or_path: str | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.r, bool) or not isinstance(self.r, int) or self.r <= 0:
+            raise ConfigError(f"rank must be a positive integer, got {self.r!r}")
+        if not (isinstance(self.alpha, (int, float)) and self.alpha > 0):
+            raise ConfigError(f"alpha must be a positive number, got {self.alpha!r}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"dropout must be in [0, 1), got {self.dropout!r}")
+        if self.init not in ("default", "gaussian", "random"):
+            raise ConfigError(f"init must be 'default', 'gaussian' or 'random', got {self.init!r}")
+        if isinstance(self.target_modules, (list, tuple)):
+            if not self.target_modules:
+                raise ConfigError("target_modules is empty")
+            self.target_modules = list(self.target_modules)
+        for key, rank in self.rank_pattern.items():
+            if not isinstance(rank, int) or rank <= 0:
+                raise ConfigError(f"rank_pattern[{key!r}] must be a positive integer, got {rank!r}")
+
+    def scale(self, r: int, alpha: float) -> float:
+        """alpha/r, or alpha/sqrt(r) with rsLoRA (Kalajdzievski 2023)."""
+        return alpha / math.sqrt(r) if self.use_rslora else alpha / r
+
+    # --- PEFT's adapter_config.json --------------------------------------------------------------
+
+    def to_peft(self) -> dict:
+        """The dict PEFT writes as adapter_config.json (only keys PEFT knows)."""
+        target = self.target_modules
+        return {
+            "peft_type": "LORA",
+            "task_type": self.task_type,
+            "base_model_name_or_path": self.base_model_name_or_path,
+            "r": self.r,
+            "lora_alpha": self.alpha,
+            "lora_dropout": self.dropout,
+            "target_modules": sorted(target) if isinstance(target, list) else target,
+            "layers_to_transform": self.layers_to_transform,
+            "layers_pattern": self.layers_pattern,
+            "bias": "none",
+            "fan_in_fan_out": self.fan_in_fan_out,
+            "modules_to_save": self.modules_to_save,
+            "use_rslora": self.use_rslora,
+            "use_dora": self.use_dora,
+            "rank_pattern": dict(self.rank_pattern),
+            "alpha_pattern": dict(self.alpha_pattern),
+            "init_lora_weights": {"default": True, "gaussian": "gaussian", "random": False}[self.init],
+            "inference_mode": True,
+        }
+
+    @classmethod
+    def from_peft(cls, raw: dict) -> "LoRAConfig":
+        """Read PEFT's adapter_config.json; refuse what we cannot reproduce exactly."""
+        if raw.get("peft_type", "LORA") != "LORA":
+            raise AdapterFormatError(f"not a LoRA adapter (peft_type={raw.get('peft_type')!r})")
+        if raw.get("bias", "none") != "none":
+            raise AdapterFormatError(f"bias={raw['bias']!r} adapters are not supported (only 'none')")
+        for key in ("use_qalora", "lora_bias"):
+            if raw.get(key):
+                raise AdapterFormatError(f"adapter uses {key}, which loraops does not support")
+        layers = raw.get("layers_to_transform")
+        if isinstance(layers, int):
+            layers = [layers]
+        pattern = raw.get("layers_pattern")
+        if isinstance(pattern, str):
+            pattern = [pattern]
+        init = raw.get("init_lora_weights", True)
+        try:
+            return cls(
+                r=int(raw["r"]),
+                alpha=float(raw.get("lora_alpha", raw["r"])),
+                dropout=float(raw.get("lora_dropout", 0.0)),
+                target_modules=raw.get("target_modules") or [],
+                layers_to_transform=layers,
+                layers_pattern=pattern,
+                use_rslora=bool(raw.get("use_rslora", False)),
+                use_dora=bool(raw.get("use_dora", False)),
+                fan_in_fan_out=bool(raw.get("fan_in_fan_out", False)),
+                modules_to_save=raw.get("modules_to_save"),
+                rank_pattern=dict(raw.get("rank_pattern") or {}),
+                alpha_pattern=dict(raw.get("alpha_pattern") or {}),
+                init="gaussian" if init == "gaussian" else ("random" if init is False else "default"),
+                task_type=raw.get("task_type"),
+                base_model_name_or_path=raw.get("base_model_name_or_path"),
+            )
+        except (KeyError, TypeError, ValueError, ConfigError) as e:
+            raise AdapterFormatError(f"invalid adapter_config.json: {e}") from e
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, raw: dict) -> "LoRAConfig":
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in raw.items() if k in known})

@@ -1,0 +1,125 @@
+"""LoRALinear: a frozen nn.Linear (or GPT-2 Conv1D) plus a trainable low-rank update.
+
+forward(x) = base(x) + scale · (drop(x) @ Aᵀ) @ Bᵀ          (plain LoRA)
+DoRA (Liu et al. 2024) rescales each output row of W + scale·BA to a learned magnitude m.
+The LoRA parameters are kept in fp32 whatever the base dtype, like PEFT's autocast_adapter_dtype.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers.pytorch_utils import Conv1D
+
+from loraops.lora import merge
+from loraops.lora.adapter import ModuleLoRA
+
+
+def is_adaptable(module: nn.Module) -> bool:
+    return isinstance(module, (nn.Linear, Conv1D))
+
+
+def weight_out_in(module: nn.Module) -> torch.Tensor:
+    """The base weight as [out, in] (GPT-2's Conv1D stores it transposed, [in, out])."""
+    return module.weight.T if isinstance(module, Conv1D) else module.weight
+
+
+class LoRALinear(nn.Module):
+    def __init__(self, base: nn.Module, r: int, scale: float, dropout: float = 0.0,
+                 use_dora: bool = False, init: str = "default"):
+        super().__init__()
+        self.base = base.requires_grad_(False)
+        out_features, in_features = weight_out_in(base).shape
+        self.scale = scale
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.lora_A = nn.Parameter(torch.empty(r, in_features, device=base.weight.device))
+        self.lora_B = nn.Parameter(torch.zeros(out_features, r, device=base.weight.device))
+        self.magnitude = nn.Parameter(torch.empty(out_features, device=base.weight.device)) if use_dora else None
+        self.merged = False
+        self.reset_parameters(init)
+
+    def reset_parameters(self, init: str = "default") -> None:
+        """PEFT's init: A kaiming-uniform(a=√5) or N(0, 1/r); B zero so the adapter starts as a no-op.
+        "random" also draws B (a non-trivial adapter, for tests)."""
+        with torch.no_grad():
+            if init == "gaussian":
+                nn.init.normal_(self.lora_A, std=1 / self.lora_A.shape[0])
+            else:
+                nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
+            if init == "random":
+                nn.init.normal_(self.lora_B, std=0.02)
+            else:
+                self.lora_B.zero_()
+            if self.magnitude is not None:
+                self.magnitude.copy_(merge.row_norm(self.base_weight(), self.delta()))
+
+    def base_weight(self) -> torch.Tensor:
+        """[out, in]"""
+        return weight_out_in(self.base)
+
+    def delta(self) -> torch.Tensor:
+        """ΔW: [out, in], fp32."""
+        return merge.lora_delta(self.lora_A, self.lora_B, self.scale)
+
+    def weights(self) -> ModuleLoRA:
+        mag = self.magnitude.detach().clone() if self.magnitude is not None else None
+        return ModuleLoRA(self.lora_A.detach().clone(), self.lora_B.detach().clone(), self.scale, mag)
+
+    def load_weights(self, w: ModuleLoRA) -> None:
+        with torch.no_grad():
+            self.lora_A.copy_(w.A)
+            self.lora_B.copy_(w.B)
+            self.scale = w.scale
+            if self.magnitude is not None:
+                self.magnitude.copy_(w.magnitude)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: [..., in] -> [..., out]"""
+        out = self.base(x)
+        if self.merged:
+            return out
+        h = self.dropout(x)
+        lora = F.linear(F.linear(h.to(self.lora_A.dtype), self.lora_A), self.lora_B)  # [..., out]
+        if self.magnitude is None:
+            return out + (lora * self.scale).to(out.dtype)
+        # DoRA, as PEFT computes it: the norm is detached (paper §4.3), the base term is rescaled.
+        weight = self.base_weight().float()
+        norm = merge.row_norm(weight, self.delta().detach()).detach()
+        mag_scale = self.magnitude / norm  # [out]
+        if isinstance(self.dropout, nn.Identity) or not self.training:
+            bias = getattr(self.base, "bias", None)
+            base_out = out.float() - (bias.float() if bias is not None else 0)
+        else:
+            base_out = F.linear(h.float(), weight)
+        dora = (mag_scale - 1) * base_out + mag_scale * lora * self.scale
+        return out + dora.to(out.dtype)
+
+    @torch.no_grad()
+    def merge_(self) -> None:
+        """Fold ΔW into the base weight in place (zero inference overhead)."""
+        if self.merged:
+            return
+        self._pre_merge = self.base.weight.detach().clone()
+        merged = merge.merge_weight(self.base_weight(), self.weights())
+        self.base.weight.copy_(merged.T if isinstance(self.base, Conv1D) else merged)
+        self.merged = True
+
+    @torch.no_grad()
+    def unmerge_(self) -> None:
+        if not self.merged:
+            return
+        w = self.weights()
+        if w.magnitude is None:
+            restored = merge.unmerge_weight(self.base_weight(), w)
+            self.base.weight.copy_(restored.T if isinstance(self.base, Conv1D) else restored)
+        else:  # DoRA is not invertible from W' alone (the row norms are lost); restore the copy.
+            self.base.weight.copy_(self._pre_merge)
+        del self._pre_merge
+        self.merged = False
+
+    def extra_repr(self) -> str:
+        r, i = self.lora_A.shape
+        return f"in={i}, out={self.lora_B.shape[0]}, r={r}, scale={self.scale:g}, dora={self.magnitude is not None}"

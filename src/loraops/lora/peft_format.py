@@ -1,0 +1,131 @@
+"""Read and write adapters in PEFT's on-disk format, exactly.
+
+    DIR/adapter_config.json          PEFT's LoraConfig fields
+    DIR/adapter_model.safetensors    keys `base_model.model.<module path>.lora_A.weight`, ...
+    DIR/loraops.json                 our metadata (base fingerprint, lineage, metrics); optional
+
+The metadata is also copied into the safetensors header (`__metadata__["loraops"]`).
+Writes are atomic: a directory is built beside the target and renamed into place.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from loraops.atomic import atomic_dir, replace_dir  # noqa: F401  (replace_dir re-exported for callers)
+from loraops.errors import AdapterFormatError, UnsafeFileError
+from loraops.lora.adapter import Adapter, ModuleLoRA
+from loraops.lora.config import LoRAConfig
+from loraops.lora.inject import pattern_key
+
+CONFIG_FILE = "adapter_config.json"
+WEIGHTS_FILE = "adapter_model.safetensors"
+META_FILE = "loraops.json"
+PREFIX = "base_model.model."
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
+
+
+def to_peft_state_dict(adapter: Adapter) -> dict[str, torch.Tensor]:
+    sd = {}
+    for path, m in adapter.modules.items():
+        sd[f"{PREFIX}{path}.lora_A.weight"] = m.A.contiguous()
+        sd[f"{PREFIX}{path}.lora_B.weight"] = m.B.contiguous()
+        if m.magnitude is not None:
+            sd[f"{PREFIX}{path}.lora_magnitude_vector"] = m.magnitude.contiguous()
+    for key, t in adapter.saved_modules.items():
+        sd[f"{PREFIX}{key}"] = t.contiguous()
+    return sd
+
+
+def from_peft_state_dict(sd: dict[str, torch.Tensor], config: LoRAConfig) -> tuple[dict, dict]:
+    """-> (modules, saved_modules). Unknown keys are an error, never silently dropped."""
+    parts: dict[str, dict[str, torch.Tensor]] = {}
+    saved = {}
+    suffixes = {".lora_A.weight": "A", ".lora_B.weight": "B",
+                ".lora_magnitude_vector": "magnitude", ".lora_magnitude_vector.weight": "magnitude"}
+    for key, tensor in sd.items():
+        if not key.startswith(PREFIX):
+            raise AdapterFormatError(f"unexpected tensor {key!r} (PEFT keys start with {PREFIX!r})")
+        name = key[len(PREFIX):]
+        for suffix, part in suffixes.items():
+            if name.endswith(suffix):
+                parts.setdefault(name[: -len(suffix)], {})[part] = tensor
+                break
+        else:
+            if ".lora_" in name:
+                raise AdapterFormatError(f"unsupported LoRA tensor {key!r}")
+            if not any(name.startswith(m + ".") for m in config.modules_to_save or []):
+                raise AdapterFormatError(f"unexpected tensor {key!r}: not LoRA and not in modules_to_save")
+            saved[name] = tensor
+    modules = {}
+    for path, p in parts.items():
+        if "A" not in p or "B" not in p:
+            raise AdapterFormatError(f"{path}: has {'lora_A' if 'A' in p else 'lora_B'} but not "
+                                     f"{'lora_B' if 'A' in p else 'lora_A'}")
+        A, B = p["A"], p["B"]
+        if A.ndim != 2 or B.ndim != 2 or A.shape[0] != B.shape[1]:
+            raise AdapterFormatError(f"{path}: rank mismatch, lora_A {tuple(A.shape)} vs lora_B {tuple(B.shape)}")
+        r = A.shape[0]
+        akey = pattern_key(config.alpha_pattern, path)
+        alpha = config.alpha_pattern[akey] if akey else config.alpha
+        modules[path] = ModuleLoRA(A, B, config.scale(r, alpha), p.get("magnitude"))
+    if not modules:
+        raise AdapterFormatError("adapter has no LoRA weights")
+    return modules, saved
+
+
+def save_adapter(adapter: Adapter, out_dir: str | os.PathLike) -> Path:
+    """Write `adapter` to `out_dir` atomically (replacing an existing adapter there)."""
+    with atomic_dir(out_dir) as tmp:
+        header = {"format": "pt"}
+        if adapter.meta:
+            header["loraops"] = json.dumps(adapter.meta, sort_keys=True)
+        save_file(to_peft_state_dict(adapter), tmp / WEIGHTS_FILE, metadata=header)
+        (tmp / CONFIG_FILE).write_text(json.dumps(adapter.config.to_peft(), indent=2, sort_keys=True) + "\n")
+        if adapter.meta:
+            (tmp / META_FILE).write_text(json.dumps(adapter.meta, indent=2, sort_keys=True) + "\n")
+    return Path(out_dir)
+
+
+def read_adapter(adapter_dir: str | os.PathLike) -> Adapter:
+    """Load an adapter directory written by PEFT or loraops. Refuses pickle weights."""
+    d = Path(adapter_dir)
+    if not d.exists():
+        raise AdapterFormatError(f"adapter directory {str(d)!r} does not exist")
+    if not d.is_dir():
+        raise AdapterFormatError(f"{str(d)!r} is not a directory (an adapter is a directory with "
+                                 f"{CONFIG_FILE} and {WEIGHTS_FILE})")
+    weights = d / WEIGHTS_FILE
+    if not weights.exists():
+        pickles = [p.name for p in d.iterdir() if p.suffix in PICKLE_SUFFIXES]
+        if pickles:
+            raise UnsafeFileError(f"{d}/{pickles[0]} is a pickle file; loraops loads safetensors only "
+                                  f"(convert it with PEFT: model.save_pretrained(dir, safe_serialization=True))")
+        raise AdapterFormatError(f"{d} has no {WEIGHTS_FILE}")
+    if not (d / CONFIG_FILE).exists():
+        raise AdapterFormatError(f"{d} has no {CONFIG_FILE}")
+    try:
+        raw_config = json.loads((d / CONFIG_FILE).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise AdapterFormatError(f"{d / CONFIG_FILE} is not valid JSON: {e}") from e
+    if not isinstance(raw_config, dict):
+        raise AdapterFormatError(f"{d / CONFIG_FILE} must hold a JSON object")
+    config = LoRAConfig.from_peft(raw_config)
+    try:
+        sd = load_file(weights)
+    except (SafetensorError, OSError, ValueError) as e:
+        raise AdapterFormatError(f"{weights} is not a valid safetensors file: {e}") from e
+    modules, saved = from_peft_state_dict(sd, config)
+    meta = {}
+    if (d / META_FILE).exists():
+        try:
+            meta = json.loads((d / META_FILE).read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise AdapterFormatError(f"{d / META_FILE} is not valid JSON: {e}") from e
+    return Adapter(config, modules, saved, meta)

@@ -1,0 +1,59 @@
+"""Load a base model and put an adapter on it, refusing an adapter made for another base."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from loraops.errors import BaseMismatchError
+from loraops.lora import Adapter, apply_adapter, read_adapter
+from loraops.models.fingerprint import short
+from loraops.models.resolve import BaseInfo, resolve_base
+
+log = logging.getLogger("loraops")
+
+
+@dataclass
+class LoadedBase:
+    model: nn.Module
+    tokenizer: object
+    info: BaseInfo
+
+
+def load_base(spec: str, dtype: torch.dtype = torch.float32, progress: bool = False) -> LoadedBase:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    info = resolve_base(spec, progress=progress)
+    model = AutoModelForCausalLM.from_pretrained(info.path, dtype=dtype, use_safetensors=True).eval()
+    tokenizer = AutoTokenizer.from_pretrained(info.path)
+    return LoadedBase(model, tokenizer, info)
+
+
+def check_base(adapter: Adapter, base_name: str, base_fingerprint: str, force: bool = False) -> None:
+    """An adapter with a fingerprint must match the base's, unless forced (then a warning, and the
+    override is recorded in the adapter's metadata). One without (made by PEFT) is checked later by
+    module names and shapes."""
+    bound = adapter.base_fingerprint
+    if bound is None:
+        log.warning("adapter has no base fingerprint (made by PEFT?): checking it by module names and shapes only")
+        return
+    if bound == base_fingerprint:
+        return
+    what = (f"adapter was trained on base {adapter.meta.get('base_name', '?')} ({short(bound)}) but the base "
+            f"is {base_name} ({short(base_fingerprint)})")
+    if not force:
+        raise BaseMismatchError(what + "; pass --force to load it anyway")
+    log.warning("%s; loading anyway because of --force", what)
+    adapter.meta["forced_base"] = base_fingerprint
+
+
+def load_adapter_onto(model: nn.Module, info: BaseInfo, adapter: Adapter | str, force: bool = False) -> Adapter:
+    """Check the binding, then inject and load `adapter` (a directory or an Adapter) into `model`."""
+    if not isinstance(adapter, Adapter):
+        adapter = read_adapter(adapter)
+    check_base(adapter, info.name, info.fingerprint, force)
+    apply_adapter(model, adapter)
+    return adapter

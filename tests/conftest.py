@@ -1,0 +1,20 @@
+import os
+import sys
+from pathlib import Path
+
+# Never reach a model hub from the tests.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# Converted base models are shared across tests and with the user's own cache (converting takes a minute).
+os.environ.setdefault("LORAOPS_MODELS", str(Path.home() / ".loraops" / "models"))
+sys.path.insert(0, str(Path(__file__).parent))
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _isolated_home(tmp_path_factory, monkeypatch):
+    """Each test gets its own LORAOPS_HOME; the default-base cache is shared (it is expensive)."""
+    home = tmp_path_factory.mktemp("home")
+    monkeypatch.setenv("LORAOPS_HOME", str(home))
+    yield home
