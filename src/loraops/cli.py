@@ -69,6 +69,43 @@ def merge_cmd(
               f"max |logits merged - unmerged| = {report.max_abs_diff:.3e} (tolerance {tolerance:g})")
 
 
+# ---- compose ---------------------------------------------------------------------------------
+
+
+def _ref_and_weight(spec: str) -> tuple[str, float]:
+    """"DIR_OR_REF[:weight]"; a trailing ":<number>" is the weight (paths may contain ':')."""
+    ref, sep, weight = spec.rpartition(":")
+    if sep:
+        try:
+            return ref, float(weight)
+        except ValueError:
+            pass
+    return spec, 1.0
+
+
+@app.command("compose")
+def compose_cmd(
+    adapter: list[str] = typer.Option(..., help="ADAPTER[:weight], repeated (two or more)."),
+    out_dir: Path = typer.Option(..., "--out", help="Directory for the composed adapter."),
+    method: str = typer.Option("linear", help="linear | cat | svd | ties | dare"),
+    rank: Optional[int] = typer.Option(None, help="Target rank for svd/ties/dare (default: the largest parent rank)."),
+    density: float = typer.Option(0.5, help="Fraction of entries kept by ties/dare."),
+    seed: int = typer.Option(0, help="Seed for dare's random drop."),
+) -> None:
+    """Blend adapters into a new adapter (PEFT format) whose loraops.json records its parents."""
+    from loraops.lora import read_adapter, save_adapter
+    from loraops.lora.compose import compose
+
+    specs = [_ref_and_weight(s) for s in adapter]
+    parents = [read_adapter(ref) for ref, _ in specs]
+    result = compose(parents, [w for _, w in specs], method, rank=rank, density=density, seed=seed,
+                     parent_refs=[ref for ref, _ in specs])
+    save_adapter(result.adapter, out_dir)
+    ranks = sorted({m.r for m in result.adapter.modules.values()})
+    out.print(f"[green]composed[/] {len(parents)} adapters with {method} -> {out_dir} "
+              f"(rank {'/'.join(map(str, ranks))}, discarded energy {result.discarded_energy:.2%})")
+
+
 def main() -> None:
     try:
         app()
