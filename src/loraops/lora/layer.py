@@ -19,11 +19,14 @@ from loraops.lora.adapter import ModuleLoRA
 
 
 def is_adaptable(module: nn.Module) -> bool:
-    return isinstance(module, (nn.Linear, Conv1D))
+    """Linear, GPT-2 Conv1D, or a quantized linear that can give its weight back (`dequantize_weight`)."""
+    return isinstance(module, (nn.Linear, Conv1D)) or hasattr(module, "dequantize_weight")
 
 
 def weight_out_in(module: nn.Module) -> torch.Tensor:
     """The base weight as [out, in] (GPT-2's Conv1D stores it transposed, [in, out])."""
+    if hasattr(module, "dequantize_weight"):
+        return module.dequantize_weight()
     return module.weight.T if isinstance(module, Conv1D) else module.weight
 
 
@@ -33,11 +36,12 @@ class LoRALinear(nn.Module):
         super().__init__()
         self.base = base.requires_grad_(False)
         out_features, in_features = weight_out_in(base).shape
+        device = weight_out_in(base).device
         self.scale = scale
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
-        self.lora_A = nn.Parameter(torch.empty(r, in_features, device=base.weight.device))
-        self.lora_B = nn.Parameter(torch.zeros(out_features, r, device=base.weight.device))
-        self.magnitude = nn.Parameter(torch.empty(out_features, device=base.weight.device)) if use_dora else None
+        self.lora_A = nn.Parameter(torch.empty(r, in_features, device=device))
+        self.lora_B = nn.Parameter(torch.zeros(out_features, r, device=device))
+        self.magnitude = nn.Parameter(torch.empty(out_features, device=device)) if use_dora else None
         self.merged = False
         self.reset_parameters(init)
 
@@ -102,6 +106,8 @@ class LoRALinear(nn.Module):
         """Fold ΔW into the base weight in place (zero inference overhead)."""
         if self.merged:
             return
+        if not hasattr(self.base, "weight") or self.base.weight.dtype == torch.int8:
+            raise TypeError("cannot merge into a quantized base; merge on the fp32 base instead")
         self._pre_merge = self.base.weight.detach().clone()
         merged = merge.merge_weight(self.base_weight(), self.weights())
         self.base.weight.copy_(merged.T if isinstance(self.base, Conv1D) else merged)

@@ -1,0 +1,95 @@
+"""Int8 CPU inference: int8 weights per output channel, activations quantized per call (W8A8 dynamic).
+
+We measured the CPU options torch 2.13 offers (bench/quantize.py, docs/benchmarks.md): fbgemm's
+dynamic int8 linear beat weight-only `_weight_int8pack_mm` with fp32 activations by 4-14x and
+fp32 by 2-7x on the shapes of Gemma 3 270M, so that is the kernel. LoRA stays in fp32 on top
+(LoRALinear wraps an Int8Linear like any Linear). Backward through the frozen int8 base uses the
+weights dequantized on the fly, which is what QLoRA-style training needs: only the input grad.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def quantize_activation_reference(x: torch.Tensor) -> torch.Tensor:
+    """What fbgemm does to x before the int8 matmul (per-tensor, asymmetric, 7-bit range because of
+    reduce_range): returns the dequantized activation, so reference = this @ Wdqᵀ."""
+    lo, hi = min(x.min().item(), 0.0), max(x.max().item(), 0.0)
+    scale = (hi - lo) / 127 or 1.0
+    zero = min(max(round(-lo / scale), 0), 127)
+    return (torch.clamp(torch.round(x / scale) + zero, 0, 127) - zero) * scale
+
+
+def int8_linear_reference(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor,
+                          bias: torch.Tensor | None) -> torch.Tensor:
+    """Plain-torch twin of Int8Linear.forward. x: [..., in] -> [..., out]."""
+    y = quantize_activation_reference(x.float()) @ (q.float() * scale[:, None]).T
+    return y + bias if bias is not None else y
+
+
+class _Int8Matmul(torch.autograd.Function):
+    """Forward with the fbgemm kernel; backward gives the input grad from dequantized weights."""
+
+    @staticmethod
+    def forward(ctx, x, layer):
+        ctx.layer = layer
+        return torch.ops.quantized.linear_dynamic(x.float().contiguous(), layer._packed, True)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        return grad_out @ ctx.layer.dequantize_weight(), None  # [..., out] @ [out, in]
+
+
+class Int8Linear(nn.Module):
+    """A frozen nn.Linear with int8 weights (symmetric, per output channel), held only in fbgemm's
+    packed form: one byte per weight, no second copy."""
+
+    def __init__(self, linear: nn.Linear):
+        super().__init__()
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        w = linear.weight.detach().float()
+        scale = (w.abs().amax(dim=1) / 127).clamp(min=1e-12)
+        qw = torch.quantize_per_channel(w, scale.double(), torch.zeros(w.shape[0], dtype=torch.long), 0,
+                                        torch.qint8)
+        self.bias = linear.bias.detach().float().clone() if linear.bias is not None else None
+        self._packed = torch.ops.quantized.linear_prepack(qw, self.bias)
+
+    def int8_weight(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """-> (q: int8 [out, in], scale: fp32 [out]) with W ≈ q · scale."""
+        qw = torch.ops.quantized.linear_unpack(self._packed)[0]
+        return qw.int_repr(), qw.q_per_channel_scales().float()
+
+    def dequantize_weight(self) -> torch.Tensor:
+        """[out, in] fp32."""
+        q, scale = self.int8_weight()
+        return q.float() * scale[:, None]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _Int8Matmul.apply(x, self).to(x.dtype)
+
+    def extra_repr(self) -> str:
+        return f"in={self.in_features}, out={self.out_features}, int8"
+
+
+def quantize_int8_(model: nn.Module, include_lm_head: bool = True) -> list[str]:
+    """Replace every nn.Linear (also inside LoRALinear wrappers) by an Int8Linear, in place.
+    Returns the quantized module paths. The LM head is usually the largest matrix (Gemma: 262k × 640)."""
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    done = []
+    for path, module in list(model.named_modules()):
+        if not isinstance(module, nn.Linear) or (module is head and not include_lm_head):
+            continue
+        parent_path, _, name = path.rpartition(".")
+        parent = model.get_submodule(parent_path) if parent_path else model
+        setattr(parent, name, Int8Linear(module))
+        done.append(path)
+    if head is not None and include_lm_head and hasattr(model.config, "tie_word_embeddings"):
+        model.config.tie_word_embeddings = False  # the head is its own int8 copy now
+    return done
+
+
+def is_quantized(model: nn.Module) -> bool:
+    return any(isinstance(m, Int8Linear) for m in model.modules())
+
