@@ -1,0 +1,114 @@
+"""Constrained decoding for `response_format` (json_object / json_schema), one matcher per row.
+
+Library choice, measured on this CPU with Gemma 3's 262k vocabulary (docs/benchmarks.md):
+llguidance 0.073 ms/token, xgrammar 0.029 ms/token; both are < 0.2% of a ~50 ms decode step,
+and xgrammar pulls in triton (~1 GB) on Linux, so we use llguidance. Its one-time tokenizer
+conversion (~9 s for Gemma) happens once per server; each schema then compiles in milliseconds.
+
+Per row: mask(logits) sets every token the grammar forbids to -inf; advance(token) moves the
+matcher on. A row finishes when its matcher has stopped (the JSON is complete) or EOS is drawn.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from functools import lru_cache
+
+import torch
+
+from loraops.errors import LoraOpsError
+
+
+class InvalidResponseFormatError(LoraOpsError):
+    """A response_format the server cannot honour (bad type, invalid JSON schema). HTTP 400."""
+
+
+@dataclass(frozen=True)
+class Grammar:
+    """A compiled, validated grammar (llguidance's serialised form) for one response_format."""
+
+    source: str
+    schema: dict
+
+
+def parse_response_format(response_format: dict | None) -> dict | None:
+    """OpenAI's response_format -> the JSON schema to enforce, or None for free text."""
+    if response_format is None:
+        return None
+    if not isinstance(response_format, dict) or "type" not in response_format:
+        raise InvalidResponseFormatError("response_format must be an object with a 'type'")
+    kind = response_format["type"]
+    if kind == "text":
+        return None
+    if kind == "json_object":
+        return {"type": "object"}
+    if kind == "json_schema":
+        spec = response_format.get("json_schema")
+        if not isinstance(spec, dict) or not isinstance(spec.get("schema"), dict):
+            raise InvalidResponseFormatError("response_format.json_schema.schema must be a JSON schema object")
+        return spec["schema"]
+    raise InvalidResponseFormatError(f"response_format type {kind!r} is not one of text, json_object, json_schema")
+
+
+def compile_grammar(schema: dict) -> Grammar:
+    """Validate `schema` (JSON Schema meta-schema, then llguidance) and compile it."""
+    import jsonschema
+    import llguidance
+
+    try:
+        jsonschema.Draft202012Validator.check_schema(schema)
+    except jsonschema.SchemaError as e:
+        raise InvalidResponseFormatError(f"invalid JSON schema: {e.message}") from e
+    source = llguidance.LLMatcher.grammar_from_json_schema(schema)
+    ok, error = _validate(source)
+    if not ok:
+        raise InvalidResponseFormatError(f"unsupported JSON schema: {error}")
+    return Grammar(source, schema)
+
+
+def _validate(source: str) -> tuple[bool, str]:
+    import llguidance
+
+    result = llguidance.LLMatcher.validate_grammar(source)
+    error = result[1] if isinstance(result, tuple) else result  # (is_error, msg) or msg across versions
+    is_error = result[0] if isinstance(result, tuple) else bool(result)
+    return (not is_error, error)
+
+
+@lru_cache(maxsize=4)
+def _ll_tokenizer(tokenizer, n_vocab: int):
+    """llguidance's view of an HF tokenizer: built once per (tokenizer, vocab) — it takes seconds."""
+    import llguidance.hf
+
+    return llguidance.hf.from_tokenizer(tokenizer, n_vocab=n_vocab)
+
+
+class RowConstraint:
+    """The grammar state of one generating row."""
+
+    def __init__(self, grammar: Grammar, tokenizer, n_vocab: int):
+        import llguidance
+        import llguidance.torch as llt
+
+        self._llt = llt
+        self.matcher = llguidance.LLMatcher(_ll_tokenizer(tokenizer, n_vocab), grammar.source)
+        self.bitmask = llt.allocate_token_bitmask(1, n_vocab)
+
+    def mask(self, logits: torch.Tensor) -> torch.Tensor:
+        """logits: [vocab] -> the same tensor with forbidden tokens at -inf (in place)."""
+        self._llt.fill_next_token_bitmask(self.matcher, self.bitmask, 0)
+        self._llt.apply_token_bitmask_inplace(logits.view(1, -1), self.bitmask)
+        return logits
+
+    def advance(self, token_id: int) -> None:
+        if not self.matcher.consume_token(token_id):
+            raise RuntimeError(f"grammar rejected token {token_id}: {self.matcher.get_error()}")
+
+    @property
+    def done(self) -> bool:
+        return self.matcher.is_stopped()
+
+
+def dumps_schema(schema: dict) -> str:
+    return json.dumps(schema, sort_keys=True)
