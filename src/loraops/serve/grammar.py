@@ -1,9 +1,10 @@
 """Constrained decoding for `response_format` (json_object / json_schema), one matcher per row.
 
-Library choice, measured on this CPU with Gemma 3's 262k vocabulary (docs/benchmarks.md):
-llguidance 0.073 ms/token, xgrammar 0.029 ms/token; both are < 0.2% of a ~50 ms decode step,
-and xgrammar pulls in triton (~1 GB) on Linux, so we use llguidance. Its one-time tokenizer
-conversion (~9 s for Gemma) happens once per server; each schema then compiles in milliseconds.
+Library choice, measured on this CPU with Gemma 3's 262k vocabulary (bench/grammar.py,
+docs/benchmarks.md): computing the next-token mask costs llguidance ~0.1 ms and xgrammar ~0.03 ms,
+both far below a ~110 ms decode step; xgrammar pulls in triton (~1 GB) on Linux, so we use
+llguidance. Its one-time tokenizer conversion (~7 s for Gemma) happens once per server; each
+schema then compiles in milliseconds. Applying the mask is ours (`apply_bitmask_`).
 
 Per row: mask(logits) sets every token the grammar forbids to -inf; advance(token) moves the
 matcher on. A row finishes when its matcher has stopped (the JSON is complete) or EOS is drawn.
@@ -84,6 +85,17 @@ def _ll_tokenizer(tokenizer, n_vocab: int):
     return llguidance.hf.from_tokenizer(tokenizer, n_vocab=n_vocab)
 
 
+_SHIFTS = torch.arange(32, dtype=torch.int32)
+
+
+def apply_bitmask_(logits: torch.Tensor, bitmask: torch.Tensor) -> torch.Tensor:
+    """logits: [vocab]; bitmask: int32 [ceil(vocab/32)], bit j of word i allows token 32·i + j.
+    Sets disallowed logits to -inf in place. Plain twin: llguidance.torch.apply_token_bitmask_inplace,
+    which on CPU took 34 ms per call for a 262k vocabulary; this takes well under a millisecond."""
+    allowed = ((bitmask.view(-1, 1) >> _SHIFTS) & 1).view(-1)[: logits.shape[-1]].bool()  # [vocab]
+    return logits.masked_fill_(~allowed, float("-inf"))
+
+
 class RowConstraint:
     """The grammar state of one generating row."""
 
@@ -98,8 +110,7 @@ class RowConstraint:
     def mask(self, logits: torch.Tensor) -> torch.Tensor:
         """logits: [vocab] -> the same tensor with forbidden tokens at -inf (in place)."""
         self._llt.fill_next_token_bitmask(self.matcher, self.bitmask, 0)
-        self._llt.apply_token_bitmask_inplace(logits.view(1, -1), self.bitmask)
-        return logits
+        return apply_bitmask_(logits, self.bitmask[0])
 
     def advance(self, token_id: int) -> None:
         if not self.matcher.consume_token(token_id):

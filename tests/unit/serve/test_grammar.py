@@ -78,3 +78,17 @@ def test_bad_response_formats_are_refused(fmt, match):
 
 def test_text_format_means_no_constraint():
     assert parse_response_format({"type": "text"}) is None and parse_response_format(None) is None
+
+
+def test_bitmask_apply_matches_llguidance_reference():
+    import llguidance.torch as llt
+
+    from loraops.serve.grammar import apply_bitmask_
+    g = torch.Generator().manual_seed(0)
+    for vocab in (384, 1000, 262144):
+        words = (vocab + 31) // 32
+        bitmask = torch.randint(-2**31, 2**31 - 1, (1, words), dtype=torch.int32, generator=g)
+        logits = torch.randn(vocab, generator=g)
+        expected = logits.clone().view(1, -1)
+        llt.apply_token_bitmask_inplace(expected, bitmask)
+        assert torch.equal(apply_bitmask_(logits.clone(), bitmask[0]), expected[0])
