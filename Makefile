@@ -28,6 +28,7 @@ demo: setup
 # PostgreSQL is installed (Debian package) and started on loopback for the registry tests;
 # scripts/postgres.sh prints its URL, or nothing (loudly) where it cannot be installed.
 test: setup
+	bash scripts/system-deps.sh
 	LORAOPS_TEST_PG_URL="$$(bash scripts/postgres.sh)" \
 	LORAOPS_MODELS="$${LORAOPS_MODELS:-$$HOME/.loraops/models}" \
 	$(PY) -m pytest -q

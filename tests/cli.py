@@ -14,10 +14,11 @@ def run_cli(*args, timeout: float = 300, env: dict | None = None) -> subprocess.
 
 
 def assert_one_line_error(result: subprocess.CompletedProcess, *fragments: str) -> None:
-    """A bad-input failure: non-zero exit, one line on stderr naming the problem, no traceback."""
+    """A bad-input failure: non-zero exit, one `error:` line naming the problem, no traceback.
+    (Warnings and progress may also appear on stderr.)"""
     assert result.returncode != 0, result.stdout
     assert "Traceback" not in result.stderr, result.stderr
-    lines = [line for line in result.stderr.splitlines() if line.strip() and not line.startswith("WARNING")]
+    lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(lines) == 1, result.stderr
     for fragment in fragments:
         assert fragment in lines[0], lines[0]

@@ -82,3 +82,10 @@ def test_bad_input_is_a_one_line_error(case, base_dir, tmp_path):
     result = run_cli("merge", "--base", base, "--adapter", adapter, "--out", tmp_path / "merged")
     assert_one_line_error(result)
     assert not (tmp_path / "merged").exists()
+
+
+def test_unwritable_output_is_a_one_line_error(base_dir, tmp_path):
+    adapter = _our_adapter(tmp_path / "a", {})
+    (tmp_path / "file").write_text("not a directory")
+    result = run_cli("merge", "--base", base_dir, "--adapter", adapter, "--out", tmp_path / "file" / "merged")
+    assert_one_line_error(result)
