@@ -44,8 +44,8 @@ def dashboard_router(source: DashboardSource, keys: DashboardKeys) -> APIRouter:
     def role(request: Request) -> str | None:
         return keys.verify(request.cookies.get(COOKIE))
 
-    def page(request: Request, name: str, status: int = 200, **ctx) -> HTMLResponse:
-        return templates.TemplateResponse(request, name, {"role": role(request), **ctx}, status_code=status)
+    def page(request: Request, template: str, status: int = 200, **ctx) -> HTMLResponse:
+        return templates.TemplateResponse(request, template, {"role": role(request), **ctx}, status_code=status)
 
     def denied(request: Request) -> Response:
         return RedirectResponse("/ui/login", status_code=303)

@@ -1,0 +1,51 @@
+"""The dashboard's data from the registry (and, when serving, from the engine's live stats)."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from loraops.errors import NotFoundError
+from loraops.registry import Registry
+from loraops.web.source import AdapterView, VersionView
+
+
+def _curve(points) -> list[tuple[float, float]]:
+    return [(float(x), float(y)) for x, y in points or []]
+
+
+class RegistrySource:
+    """DashboardSource over a Registry. `gate` is the promotion gate the CLI would use;
+    `stats` returns the serving engine's live numbers (or {} when nothing is serving)."""
+
+    def __init__(self, registry: Registry, gate=None, stats: Callable[[], dict[str, float]] | None = None):
+        self.registry, self.gate, self.stats = registry, gate, stats
+
+    def adapters(self) -> list[AdapterView]:
+        return [self.adapter(a.name) for a in self.registry.list_adapters()]
+
+    def adapter(self, name: str) -> AdapterView | None:
+        try:
+            detail = self.registry.show(name)
+        except NotFoundError:
+            return None
+        stages_of: dict[int, list[str]] = {}
+        for stage, number in detail.stages.items():
+            stages_of.setdefault(number, []).append(stage)
+        versions = [VersionView(
+            version=v.version, digest=v.digest, created_at=v.created_at.strftime("%Y-%m-%d %H:%M"),
+            created_by=v.created_by, stages=sorted(stages_of.get(v.version, [])),
+            parents=[f"{p.name}@{p.version}" for p in v.parents],
+            metrics={k: v.metrics[k] for k in ("train_loss", "val_loss") if k in v.metrics},
+            eval=v.eval_results, loss_curve=_curve(v.metrics.get("loss_curve")),
+            val_loss_curve=_curve(v.metrics.get("val_loss_curve")),
+        ) for v in sorted(detail.versions, key=lambda v: -v.version)]
+        return AdapterView(detail.name, detail.tenant, dict(detail.stages), versions)
+
+    def promote(self, name: str, version: int, stage: str, actor: str, reason: str | None) -> None:
+        self.registry.promote(name, version, stage, actor=actor, reason=reason, gate=self.gate)
+
+    def rollback(self, name: str, stage: str, actor: str) -> int:
+        return self.registry.rollback(name, stage, actor=actor).version
+
+    def serving(self) -> dict[str, float]:
+        return self.stats() if self.stats else {}
