@@ -40,3 +40,48 @@ class ModelNotFoundError(LoraOpsError):
 
 class MergeVerificationError(LoraOpsError):
     """Merged and unmerged logits differ by more than the tolerance."""
+
+
+class RegistryError(LoraOpsError):
+    """A registry operation that cannot be done as asked (no previous version to roll back to, ...)."""
+
+
+class InvalidNameError(RegistryError):
+    """An adapter, tenant or stage name outside ^[a-z0-9][a-z0-9._-]{0,63}$, or a malformed reference."""
+
+
+class NotFoundError(RegistryError):
+    """An adapter, version, stage or base that the registry does not hold."""
+
+
+class UnregisteredBaseError(RegistryError):
+    """An adapter pushed for a base the registry does not know, or with no base fingerprint at all."""
+
+
+class GateFailedError(RegistryError):
+    """A promotion refused by its gate (override with force and a reason)."""
+
+
+class BlobCorruptError(RegistryError):
+    """A stored blob that is missing or whose bytes no longer match its sha256 digest."""
+
+
+class DataFormatError(LoraOpsError):
+    """A malformed input line for `data curate` (bad JSON, missing fields, unknown role, ...); names the line."""
+
+    def __init__(self, line: int, reason: str, source: str | None = None):
+        super().__init__(f"{source + ' ' if source else ''}line {line}: {reason}")
+        self.line = line
+        self.reason = reason
+
+
+class EvalDataError(LoraOpsError):
+    """Evaluation data that is missing or holds nothing to evaluate (no prompt/completion examples)."""
+
+
+class TrainDataError(LoraOpsError):
+    """Training data that is missing or empty (no records, or none with a token to learn from)."""
+
+
+class TrainingDivergedError(LoraOpsError):
+    """Too many non-finite (NaN/inf) steps in a row; the last good checkpoint is kept."""
