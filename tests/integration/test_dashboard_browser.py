@@ -34,7 +34,8 @@ def _push_versions(registry, tmp_path):
                    "val_loss_curve": [[s, 2.1 - 0.1 * s * v / 10] for s in range(0, 50, 10)]}
         d = save_adapter(extract(model, cfg, meta={"base_fingerprint": fp, "metrics": metrics}), tmp_path / f"v{v}")
         registry.push(d, "acme-invoices", tenant="acme")
-        registry.record_eval("acme-invoices", v, {"domain_gain": gain, "forgetting": forgetting})
+        registry.record_eval("acme-invoices", v, {"domain_gain": gain, "primary_metric": "field_accuracy",
+                                                  "forgetting": {"score": forgetting, "kl_mean": 0.01}})
     registry.promote("acme-invoices", 1)
     registry.promote("acme-invoices", 2)
 

@@ -13,6 +13,16 @@ def _curve(points) -> list[tuple[float, float]]:
     return [(float(x), float(y)) for x, y in points or []]
 
 
+def _eval_summary(results: dict | None) -> dict | None:
+    """The two numbers the dashboard plots from a stored EvalReport (evals/run.py's to_dict)."""
+    if not results or results.get("domain_gain") is None:
+        return None
+    forgetting = results.get("forgetting")
+    score = forgetting.get("score") if isinstance(forgetting, dict) else forgetting
+    return {"domain_gain": float(results["domain_gain"]), "forgetting": float(score or 0.0),
+            "metric": results.get("primary_metric")}
+
+
 class RegistrySource:
     """DashboardSource over a Registry. `gate` is the promotion gate the CLI would use;
     `stats` returns the serving engine's live numbers (or {} when nothing is serving)."""
@@ -36,7 +46,7 @@ class RegistrySource:
             created_by=v.created_by, stages=sorted(stages_of.get(v.version, [])),
             parents=[f"{p.name}@{p.version}" for p in v.parents],
             metrics={k: v.metrics[k] for k in ("train_loss", "val_loss") if k in v.metrics},
-            eval=v.eval_results, loss_curve=_curve(v.metrics.get("loss_curve")),
+            eval=_eval_summary(v.eval_results), loss_curve=_curve(v.metrics.get("loss_curve")),
             val_loss_curve=_curve(v.metrics.get("val_loss_curve")),
         ) for v in sorted(detail.versions, key=lambda v: -v.version)]
         return AdapterView(detail.name, detail.tenant, dict(detail.stages), versions)

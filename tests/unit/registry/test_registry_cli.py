@@ -29,7 +29,10 @@ def test_push_promote_rollback_fetch_round_trip(adapter_dir, tmp_path, env):
     with Registry() as reg:  # in-process where the CLI would only repeat itself (each run imports torch)
         reg.push(make_adapter(tmp_path / "v2", seed=2), "acme-bot", created_by="cli-user")
         reg.promote("acme-bot", 1, actor="cli-user")
-    ok("promote", "acme-bot", "2", "--reason", "better f1", env=env)
+    # Production is gated; v2 has no evaluation, so only --force --reason gets it there (audited).
+    refused = run_cli("registry", "promote", "acme-bot", "2", env=env)
+    assert refused.returncode != 0 and "no stored evaluation" in refused.stderr
+    ok("promote", "acme-bot", "2", "--force", "--reason", "better f1", env=env)
 
     listed = json.loads(ok("list", "--tenant", "acme", "--json", env=env))
     assert [(a["name"], a["latest"], a["stages"]) for a in listed] == [("acme-bot", 2, {"production": 2})]
@@ -39,7 +42,7 @@ def test_push_promote_rollback_fetch_round_trip(adapter_dir, tmp_path, env):
 
     assert "version 1" in ok("rollback", "acme-bot", env=env)
     audit = json.loads(ok("audit", "--json", env=env))
-    assert [e["action"] for e in audit][:3] == ["rollback", "promote", "promote"]
+    assert [e["action"] for e in audit][:3] == ["rollback", "force-promote", "promote"]
     assert audit[1]["reason"] == "better f1"
     assert {e["actor"] for e in audit} == {"cli-user"}
 

@@ -1,0 +1,50 @@
+"""The human view of an EvalReport: domain gain and forgetting side by side in one rich table."""
+
+from __future__ import annotations
+
+from rich.table import Table
+
+from loraops.evals.run import EvalReport
+
+
+_NAMES = {"f1": "token F1", "field_accuracy": "JSON field accuracy"}  # primary metric -> row name
+
+
+def _num(value: float | None, digits: int = 3) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def _delta(base: float | None, adapted: float | None, digits: int = 3) -> str:
+    return "-" if base is None or adapted is None else f"{adapted - base:+.{digits}f}"
+
+
+def summary_table(report: EvalReport) -> Table:
+    table = Table("", "metric", "base", "adapted", "Δ",
+                  title=f"{report.adapter} on {report.base['name']}", title_justify="left")
+    b, a = report.domain_base, report.domain_adapted
+    if b is not None and a is not None:
+        table.add_row("domain", "examples", str(b.examples), str(a.examples), "")
+        rows = [("exact match", b.exact_match, a.exact_match), ("token F1", b.f1, a.f1)]
+        if a.field_accuracy is not None:
+            rows += [("JSON field accuracy", b.field_accuracy, a.field_accuracy),
+                     ("hallucinated fields", b.hallucination_rate, a.hallucination_rate)]
+        for name, x, y in rows:
+            star = " *" if name == _NAMES[a.primary] else ""
+            table.add_row("", name + star, _num(x), _num(y), _delta(x, y))
+        if a.field_accuracy is not None:
+            table.add_row("", "JSON parse failures", str(b.parse_failures), str(a.parse_failures),
+                          f"{a.parse_failures - b.parse_failures:+d}")
+        table.add_section()
+    g = report.general
+    table.add_row("general", f"perplexity ({g.tokens} tokens)", _num(g.ppl_base), _num(g.ppl_adapted),
+                  _delta(g.ppl_base, g.ppl_adapted))
+    table.add_row("", f"questions ({g.qa_kept}/{g.qa_total} kept)", _num(g.qa_acc_base), _num(g.qa_acc_adapted),
+                  _delta(g.qa_acc_base, g.qa_acc_adapted))
+    table.add_row("", "KL(base ‖ adapted)", "", _num(g.kl_mean, 4), "")
+    f = report.forgetting
+    gain = report.domain_gain
+    gain_text = "-" if gain is None else f"{gain:+.3f}"
+    table.caption = (f"domain gain ({report.primary_metric}, *) {gain_text}   "
+                     f"forgetting {f.score:.3f} = max(0, ppl {f.ppl_term:+.3f}, questions "
+                     f"{'-' if f.qa_term is None else f'{f.qa_term:+.3f}'})")
+    return table
