@@ -1,0 +1,305 @@
+"""The training loop: `run(config)` loads the base and the data, `train(...)` is the algorithm.
+
+One optimizer step = `grad_accum` micro-batches of `batch_size` packed rows (split across processes).
+Its loss is the sum of token losses over the whole step divided by the step's loss-token count,
+which every process knows in advance, so accumulation and data parallelism give exactly the
+gradient of one big batch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+import loraops
+from loraops.data.tokenize import IGNORE, PackedRow, pack
+from loraops.errors import ConfigError, TrainDataError, TrainingDivergedError
+from loraops.lora import extract, inject, save_adapter
+from loraops.models import LoadedBase, load_base
+from loraops.train import distributed
+from loraops.train.batches import Dataset, attention_mask_for, collate, encode_all, epoch_rows, load_dataset
+from loraops.train.checkpoint import list_checkpoints, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from loraops.train.config import TrainConfig
+from loraops.train.distributed import Dist
+from loraops.train.loss import chunked_cross_entropy, select_loss_positions
+from loraops.train.metrics import MetricsLog, progress_bar
+
+# Fields that may differ between a run and its resumption (they do not change what is computed).
+_RESUMABLE = {"resume", "progress", "save_every", "keep_checkpoints", "eval_every", "max_bad_steps"}
+
+
+@dataclass
+class TrainResult:
+    adapter_dir: Path | None  # None on processes other than rank 0
+    steps: int
+    skipped_steps: int
+    train_loss: float | None
+    val_loss: float | None
+    tokens: int  # non-pad tokens processed (all processes)
+    seconds: float
+    tokens_per_s: float
+
+
+def run(config: TrainConfig) -> TrainResult:
+    """Train a LoRA adapter as `config` says; the CLI and the Python API both end up here."""
+    d = distributed.init()
+    try:
+        data = load_dataset(config.data, config.val_fraction, config.seed)
+        if d.is_main:  # rank 0 alone converts a base the cache lacks; the others wait for it
+            try:
+                base = load_base(config.base)
+            finally:
+                distributed.barrier(d)
+        else:
+            distributed.barrier(d)
+            base = load_base(config.base)
+        return train(base, data, config, d)
+    finally:
+        distributed.shutdown(d)
+
+
+def lr_at(step: int, cfg: TrainConfig, total_steps: int) -> float:
+    """Linear warmup to cfg.lr over warmup_steps, then cosine decay to 0 at total_steps."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    progress = (step - cfg.warmup_steps) / max(1, total_steps - cfg.warmup_steps)
+    return cfg.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def step_seed(seed: int, step: int, rank: int) -> int:
+    """Each (step, process) draws its dropout masks from its own seed: a resumed run, or another
+    process count, cannot shift the random stream."""
+    return int.from_bytes(hashlib.sha256(f"{seed}/{step}/{rank}".encode()).digest()[:8], "little")
+
+
+class DataPlan:
+    """Which rows each optimizer step gets: epochs of seeded, packed rows, cut into steps of
+    batch_size * grad_accum rows. Position = (epoch, index of the step within the epoch)."""
+
+    def __init__(self, examples, cfg: TrainConfig):
+        self.examples, self.cfg = examples, cfg
+        self.rows_per_step = cfg.batch_size * cfg.grad_accum
+        self._cache: tuple[int, list[PackedRow]] | None = None
+
+    def rows(self, epoch: int) -> list[PackedRow]:
+        if self._cache is None or self._cache[0] != epoch:
+            self._cache = (epoch, epoch_rows(self.examples, self.cfg.seq_len, self.cfg.seed, epoch))
+        return self._cache[1]
+
+    def steps_in(self, epoch: int) -> int:
+        return math.ceil(len(self.rows(epoch)) / self.rows_per_step)
+
+    def total_steps(self) -> int:
+        if self.cfg.max_steps is not None:
+            return self.cfg.max_steps
+        return sum(self.steps_in(e) for e in range(self.cfg.epochs))
+
+    def step_rows(self, epoch: int, index: int) -> list[PackedRow]:
+        return self.rows(epoch)[index * self.rows_per_step:(index + 1) * self.rows_per_step]
+
+    def advance(self, epoch: int, index: int) -> tuple[int, int]:
+        return (epoch, index + 1) if index + 1 < self.steps_in(epoch) else (epoch + 1, 0)
+
+
+def loss_tokens(rows: list[PackedRow]) -> int:
+    return sum(sum(label != IGNORE for label in r.labels[1:]) for r in rows)
+
+
+def lm_loss(model, batch, cfg: TrainConfig) -> torch.Tensor:
+    """Summed next-token loss of a batch, through the model body and the chunked LM head only."""
+    body, head = model.base_model, model.get_output_embeddings()
+    dtype = torch.bfloat16 if cfg.precision == "bf16" else next(body.parameters()).dtype
+    mask = attention_mask_for(model.config, batch.seq_ids, dtype)
+    with torch.autocast("cpu", dtype=torch.bfloat16) if cfg.precision == "bf16" else nullcontext():
+        hidden = body(input_ids=batch.input_ids, attention_mask=mask, position_ids=batch.position_ids,
+                      use_cache=False).last_hidden_state  # [B, T, H]
+        h, targets = select_loss_positions(hidden, batch.labels)  # [N, H], [N]
+        return chunked_cross_entropy(h, head.weight, targets, cfg.loss_chunk,
+                                     getattr(model.config, "final_logit_softcapping", None))
+
+
+def micro_batches(rows: list[PackedRow], cfg: TrainConfig, d: Dist, pad_id: int):
+    """This process's share (rows rank::world) of each micro-batch of the step."""
+    for start in range(0, len(rows), cfg.batch_size):
+        mine = rows[start:start + cfg.batch_size][d.rank::d.world]
+        if mine:
+            yield collate(mine, pad_id)
+
+
+@torch.no_grad()
+def evaluate(model, rows: list[PackedRow], cfg: TrainConfig, d: Dist, pad_id: int) -> float | None:
+    """Mean loss per completion token over the validation rows (all processes together)."""
+    if not rows:
+        return None
+    model.eval()
+    totals = torch.zeros(2, dtype=torch.float64)  # loss sum, tokens
+    for batch in micro_batches(rows, cfg, d, pad_id):
+        totals += torch.tensor([float(lm_loss(model, batch, cfg)), batch.num_loss_tokens], dtype=torch.float64)
+    model.train()
+    distributed.all_reduce_sum_([totals], d)
+    return float(totals[0] / totals[1]) if totals[1] > 0 else None
+
+
+@dataclass
+class Position:
+    """Where a run is: the next step, the data position, and running totals. Saved in checkpoints."""
+
+    step: int = 0
+    epoch: int = 0
+    batch_index: int = 0
+    elapsed: float = 0.0  # seconds spent in training steps
+    tokens: int = 0  # non-pad tokens trained on, all processes
+    bad_streak: int = 0  # non-finite steps in a row
+
+
+def forward_backward(model, params: list[torch.Tensor], rows: list[PackedRow], cfg: TrainConfig, d: Dist,
+                     pad_id: int) -> tuple[float, int]:
+    """Gradient of the step's mean token loss, accumulated over this process's share of its
+    micro-batches and summed over processes. Returns (step loss, non-pad tokens), all processes."""
+    n_loss = loss_tokens(rows)
+    totals = torch.zeros(2, dtype=torch.float64)  # loss sum, tokens
+    for batch in micro_batches(rows, cfg, d, pad_id):
+        loss = lm_loss(model, batch, cfg)
+        (loss / n_loss).backward()
+        totals += torch.tensor([float(loss.detach()), batch.num_tokens], dtype=torch.float64)
+    distributed.all_reduce_sum_([p.grad for p in params] + [totals], d)
+    return float(totals[0]) / n_loss, int(totals[1])
+
+
+def train(base: LoadedBase, data: Dataset, cfg: TrainConfig, d: Dist = Dist()) -> TrainResult:
+    model, tokenizer, out = base.model, base.tokenizer, Path(cfg.out)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    examples = encode_all(tokenizer, data.train, cfg.seq_len)
+    if not examples:
+        raise TrainDataError(f"no training example in {cfg.data} has a token to learn from")
+    val_rows = pack(encode_all(tokenizer, data.val, cfg.seq_len), cfg.seq_len)
+    plan = DataPlan(examples, cfg)
+    total_steps = plan.total_steps()
+
+    torch.manual_seed(cfg.seed)  # the LoRA init
+    lora_cfg = cfg.lora_config()
+    inject(model, lora_cfg)
+    params = {name: p for name, p in model.named_parameters() if p.requires_grad}
+    optimizer = torch.optim.AdamW(params.values(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.grad_checkpointing:
+        _enable_activation_checkpointing(model)
+    model.train()
+    pos, records = _restore(out, cfg, params, optimizer)
+    metrics = MetricsLog(out / "metrics.jsonl", records, enabled=d.is_main)
+
+    with progress_bar(cfg.progress and d.is_main) as bar:
+        task = bar.add_task("train", total=total_steps, completed=pos.step, loss="-", tps="-")
+        while pos.step < total_steps:
+            t0 = time.perf_counter()
+            rows = plan.step_rows(pos.epoch, pos.batch_index)
+            lr = lr_at(pos.step, cfg, total_steps)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            torch.manual_seed(step_seed(cfg.seed, pos.step, d.rank))
+            optimizer.zero_grad(set_to_none=False)
+            loss, step_tokens = forward_backward(model, list(params.values()), rows, cfg, d, pad_id)
+            max_norm = cfg.max_grad_norm if cfg.max_grad_norm > 0 else math.inf
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(params.values(), max_norm))
+
+            # update, unless the loss or the gradient is not finite
+            if math.isfinite(loss) and math.isfinite(grad_norm):
+                optimizer.step()
+                pos.bad_streak = 0
+            else:
+                pos.bad_streak += 1
+                metrics.log({"step": pos.step, "skipped": True, "loss": _json_float(loss),
+                             "grad_norm": _json_float(grad_norm), "reason": "non-finite loss or gradient"})
+                if pos.bad_streak >= cfg.max_bad_steps:
+                    raise _diverged(out, pos)
+            dt = time.perf_counter() - t0
+            pos.elapsed += dt
+            pos.tokens += step_tokens
+            if pos.bad_streak == 0:
+                metrics.log({"step": pos.step, "loss": loss, "lr": lr, "grad_norm": grad_norm, "tokens": pos.tokens,
+                             "loss_tokens": loss_tokens(rows), "tokens_per_s": step_tokens / dt,
+                             "elapsed": pos.elapsed, "epoch": pos.epoch})
+                bar.update(task, loss=f"{loss:.4f}", tps=f"{step_tokens / dt:,.0f}")
+            pos.step += 1
+            pos.epoch, pos.batch_index = plan.advance(pos.epoch, pos.batch_index)
+            bar.update(task, completed=pos.step)
+
+            if pos.step % cfg.eval_every == 0 and pos.step < total_steps:
+                val = evaluate(model, val_rows, cfg, d, pad_id)
+                if val is not None:
+                    metrics.log({"step": pos.step - 1, "val_loss": val})
+            if pos.step % cfg.save_every == 0 and pos.step < total_steps and d.is_main:
+                state = {"position": asdict(pos), "data_seed": cfg.seed, "optimizer": optimizer.state_dict(),
+                         "schedule": {"kind": "warmup-cosine", "step": pos.step, "total_steps": total_steps},
+                         "rng": rng_state(), "metrics": metrics.records, "config": cfg.to_dict()}
+                save_checkpoint(out, pos.step, params, state, cfg.keep_checkpoints)
+
+    val_loss = evaluate(model, val_rows, cfg, d, pad_id)
+    if val_loss is not None:
+        metrics.log({"step": pos.step - 1, "val_loss": val_loss})
+    result = TrainResult(None, pos.step, sum(1 for r in metrics.records if r.get("skipped")), metrics.last("loss"),
+                         val_loss, pos.tokens, pos.elapsed, pos.tokens / pos.elapsed if pos.elapsed else 0.0)
+    if d.is_main:
+        result.adapter_dir = save_adapter(extract(model, lora_cfg, _meta(base, data, cfg, result)), out / "adapter")
+    distributed.barrier(d)
+    return result
+
+
+def _restore(out: Path, cfg: TrainConfig, params: dict[str, torch.Tensor], optimizer) -> tuple[Position, list[dict]]:
+    """With --resume, load the newest checkpoint into params and optimizer; a fresh run refuses a
+    directory that already holds one (it would mix two runs' checkpoints and metrics)."""
+    checkpoints = list_checkpoints(out)
+    if checkpoints and not cfg.resume:
+        raise ConfigError(f"{out} already holds checkpoints of a run: pass --resume to continue it, "
+                          "or choose another --out")
+    if not checkpoints:
+        return Position(), []
+    weights, state = load_checkpoint(checkpoints[-1])
+    _check_same_run(state["config"], cfg)
+    with torch.no_grad():
+        for name, p in params.items():
+            p.copy_(weights[name])
+    optimizer.load_state_dict(state["optimizer"])
+    set_rng_state(state["rng"])
+    return Position(**state["position"]), state["metrics"]
+
+
+def _enable_activation_checkpointing(model) -> None:
+    # non-reentrant: works although the frozen embeddings' output does not require grad
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5
+        model.activation_checkpointing_enable({"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
+def _diverged(out: Path, pos: Position) -> TrainingDivergedError:
+    kept = list_checkpoints(out)
+    return TrainingDivergedError(
+        f"{pos.bad_streak} non-finite steps in a row (steps {pos.step - pos.bad_streak + 1}..{pos.step}); "
+        "stopping. " + (f"Last good checkpoint: {kept[-1]}" if kept else "No checkpoint was written yet."))
+
+
+def _meta(base: LoadedBase, data: Dataset, cfg: TrainConfig, r: TrainResult) -> dict:
+    return {"base_fingerprint": base.info.fingerprint, "base_name": base.info.name, "base_source": cfg.base,
+            "dataset_digest": data.digest, "hyperparameters": cfg.to_dict(),
+            "metrics": {"train_loss": r.train_loss, "val_loss": r.val_loss, "tokens": r.tokens,
+                        "seconds": round(r.seconds, 3), "tokens_per_s": round(r.tokens_per_s, 1),
+                        "steps": r.steps, "skipped_steps": r.skipped_steps},
+            "loraops_version": loraops.__version__, "created_by": "loraops train"}
+
+
+def _check_same_run(saved: dict, cfg: TrainConfig) -> None:
+    now = cfg.to_dict()
+    changed = sorted(k for k in now if k not in _RESUMABLE and saved.get(k) != now[k])
+    if changed:
+        raise ConfigError("--resume with different settings than the checkpointed run: "
+                          + ", ".join(f"{k} ({saved.get(k)!r} -> {now[k]!r})" for k in changed))
+
+
+def _json_float(x: float) -> float | str:
+    return x if math.isfinite(x) else str(x)  # JSON has no NaN/inf literals
