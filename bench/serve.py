@@ -1,0 +1,194 @@
+"""Multi-adapter serving throughput and latency: loraops vs PEFT mixed-adapter batches, same trace.
+
+A Poisson arrival trace (rate --rate requests/s) whose adapters follow a Zipf law (s = 1.1) over
+N adapters (--adapters 8,32,128; rank --rank on q_proj/v_proj). Each request has a prompt of
+20-60 tokens and generates exactly --max-new tokens (greedy, EOS ignored by construction: the
+bench counts tokens, not text). Three systems replay the same trace in real time:
+
+  loraops          the serving engine (continuous batching, slot pool of --slots adapters)
+  loraops-base     the same engine, every request on the bare base (the cost of LoRA)
+  peft             PEFT with every adapter loaded; static batches of up to --batch arrived
+                   requests, one `generate(adapter_names=...)` per batch (left padding)
+
+Prints tokens/s, p50/p99 time-to-first-token and end-to-end latency, and ratios to PEFT.
+
+    .venv/bin/python bench/serve.py [--base gemma-3-270m] [--adapters 8,32,128] [--requests 32] [--threads 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import platform
+import statistics
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import torch
+
+PROMPTS = ["Classify this support ticket and route it: ", "Extract vendor, total and currency from: ",
+           "Summarise the following customer message in one line: ", "Translate to formal English: "]
+FILLER = ("invoice INV-2024-0042 from Acme GmbH totals 1,234.50 EUR, due 2024-03-01; the customer says the "
+          "amount is wrong and asks for a corrected copy before the end of the month ")
+
+
+def trace(n_requests: int, n_adapters: int, rate: float, tokenizer, seed: int):
+    """-> [(arrival_s, adapter_index, prompt_ids)] with Poisson arrivals and Zipf adapter choice."""
+    g = torch.Generator().manual_seed(seed)
+    weights = torch.tensor([1.0 / (k + 1) ** 1.1 for k in range(n_adapters)])
+    t, out = 0.0, []
+    for i in range(n_requests):
+        t += float(torch.empty(1).exponential_(rate, generator=g))
+        adapter = int(torch.multinomial(weights, 1, generator=g))
+        words = int(torch.randint(10, 40, (1,), generator=g))
+        text = PROMPTS[i % len(PROMPTS)] + " ".join(FILLER.split()[:words])
+        out.append((t, adapter, tokenizer(text)["input_ids"]))
+    return out
+
+
+def make_adapters(model, n: int, rank: int, out_dir: Path) -> list[str]:
+    from loraops.lora import Adapter, LoRAConfig, ModuleLoRA, save_adapter, select_targets
+
+    paths = []
+    for i in range(n):
+        g = torch.Generator().manual_seed(i)
+        cfg = LoRAConfig(r=rank, alpha=2 * rank, target_modules=["q_proj", "v_proj"])
+        mods = {p: ModuleLoRA(torch.randn(rank, model.get_submodule(p).in_features, generator=g) * 0.02,
+                              torch.randn(model.get_submodule(p).out_features, rank, generator=g) * 0.02,
+                              cfg.scale(rank, cfg.alpha)) for p in select_targets(model, cfg)}
+        paths.append(str(save_adapter(Adapter(cfg, mods), out_dir / f"ad{i}")))
+    return paths
+
+
+def summarise(name: str, arrivals, first, done, tokens: int, wall: float) -> dict:
+    ttft = sorted(f - a for a, f in zip(arrivals, first))
+    lat = sorted(d - a for a, d in zip(arrivals, done))
+    q = lambda xs, p: xs[min(len(xs) - 1, int(p * len(xs)))]  # noqa: E731
+    return {"name": name, "tok_s": tokens / wall, "ttft50": statistics.median(ttft), "ttft99": q(ttft, 0.99),
+            "lat50": statistics.median(lat), "lat99": q(lat, 0.99)}
+
+
+def run_loraops(base, paths, tr, max_new: int, slots: int, batch: int, base_only: bool) -> dict:
+    from loraops.models import LoadedBase
+    from loraops.serve.engine import DoneEvent, Engine, EngineConfig, TokenEvent
+    from loraops.serve.sampling import SamplingParams
+
+    loaded = LoadedBase(copy.deepcopy(base.model), base.tokenizer, base.info)
+    engine = Engine(loaded, EngineConfig(max_slots=slots, max_rank=16, max_batch=batch, max_kv_tokens=16384,
+                                         max_queue=10_000, max_tokens_cap=max_new))
+    engine.eos_ids = set()                                     # exactly max_new tokens per request
+    names = [] if base_only else [engine.add_adapter(f"ad{i}", p).model_id for i, p in enumerate(paths)]
+    engine.start()
+    n = len(tr)
+    first, done = [0.0] * n, [0.0] * n
+    finished = threading.Semaphore(0)
+
+    def sink_for(i):
+        def sink(ev):
+            if isinstance(ev, TokenEvent) and not first[i]:
+                first[i] = time.perf_counter()
+            elif isinstance(ev, DoneEvent):
+                done[i] = time.perf_counter()
+                finished.release()
+        return sink
+    t0 = time.perf_counter()
+    for i, (at, ad, ids) in enumerate(tr):
+        time.sleep(max(0.0, t0 + at - time.perf_counter()))
+        engine.submit("bench", base.info.name if base_only else names[ad], ids,
+                      SamplingParams(max_new, temperature=0.0), sink_for(i))
+    for _ in range(n):
+        finished.acquire()
+    wall = time.perf_counter() - t0
+    stats = engine.pool.stats
+    engine.stop()
+    arrivals = [t0 + at for at, _, _ in tr]
+    out = summarise("loraops-base" if base_only else "loraops", arrivals, first, done, n * max_new, wall)
+    out["slots"] = f"hits {stats.hits} misses {stats.misses} evictions {stats.evictions}"
+    return out
+
+
+def run_peft(base, paths, tr, max_new: int, batch: int) -> dict:
+    from peft import PeftModel
+    from transformers import LogitsProcessor, LogitsProcessorList
+
+    model = PeftModel.from_pretrained(copy.deepcopy(base.model), paths[0], adapter_name="ad0")
+    for i, p in enumerate(paths[1:], 1):
+        model.load_adapter(p, adapter_name=f"ad{i}")
+    model.eval()
+    tok = base.tokenizer
+    tok.padding_side = "left"
+
+    class FirstToken(LogitsProcessor):
+        def __init__(self):
+            self.at = None
+
+        def __call__(self, input_ids, scores):
+            self.at = self.at or time.perf_counter()
+            return scores
+    n = len(tr)
+    first, done = [0.0] * n, [0.0] * n
+    t0 = time.perf_counter()
+    arrivals = [t0 + at for at, _, _ in tr]
+    i = 0
+    while i < n:
+        time.sleep(max(0.0, arrivals[i] - time.perf_counter()))
+        now = time.perf_counter()
+        j = i + 1
+        while j < n and j - i < batch and arrivals[j] <= now:
+            j += 1
+        ids = [tr[k][2] for k in range(i, j)]
+        width = max(map(len, ids))
+        input_ids = torch.tensor([[tok.pad_token_id] * (width - len(x)) + x for x in ids])
+        mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in ids])
+        ft = FirstToken()
+        with torch.no_grad():
+            model.generate(input_ids=input_ids, attention_mask=mask, max_new_tokens=max_new, min_new_tokens=max_new,
+                           do_sample=False, adapter_names=[f"ad{tr[k][1]}" for k in range(i, j)],
+                           logits_processor=LogitsProcessorList([ft]), pad_token_id=tok.pad_token_id)
+        end = time.perf_counter()
+        for k in range(i, j):
+            first[k], done[k] = ft.at, end
+        i = j
+    wall = time.perf_counter() - t0
+    return summarise("peft", arrivals, first, done, n * max_new, wall)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--base", default="gemma-3-270m")
+    p.add_argument("--adapters", default="8,32,128")
+    p.add_argument("--requests", type=int, default=32)
+    p.add_argument("--rate", type=float, default=4.0)
+    p.add_argument("--max-new", type=int, default=32)
+    p.add_argument("--rank", type=int, default=8)
+    p.add_argument("--slots", type=int, default=32)
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1, help="torch threads for every system (1: best on a busy CPU)")
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    from loraops.models import load_base
+
+    base = load_base(args.base)
+    print(f"# {platform.machine()} {torch.get_num_threads()} threads, torch {torch.__version__}, base {args.base}, "
+          f"{args.requests} requests at {args.rate}/s, {args.max_new} new tokens, rank {args.rank} q/v, "
+          f"batch {args.batch}, slots {args.slots}")
+    print(f"{'adapters':>8} {'system':>13} {'tok/s':>7} {'TTFT p50':>9} {'p99':>7} {'lat p50':>8} {'p99':>7}"
+          f" {'tok/s vs peft':>13}")
+    for n in [int(x) for x in args.adapters.split(",")]:
+        with tempfile.TemporaryDirectory() as d:
+            paths = make_adapters(base.model, n, args.rank, Path(d))
+            tr = trace(args.requests, n, args.rate, base.tokenizer, args.seed)
+            rows = [run_loraops(base, paths, tr, args.max_new, min(args.slots, n), args.batch, False),
+                    run_loraops(base, paths, tr, args.max_new, min(args.slots, n), args.batch, True),
+                    run_peft(base, paths, tr, args.max_new, args.batch)]
+        peft = rows[-1]["tok_s"]
+        for r in rows:
+            print(f"{n:>8} {r['name']:>13} {r['tok_s']:>7.1f} {r['ttft50']:>8.2f}s {r['ttft99']:>6.2f}s "
+                  f"{r['lat50']:>7.2f}s {r['lat99']:>6.2f}s {r['tok_s'] / peft:>12.2f}x  {r.get('slots', '')}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,52 @@
+"""Serving options: plain dataclasses, validated once by `check_options` (no heavy imports here, so
+the CLI can refuse bad options before torch loads)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from loraops.errors import ConfigError
+
+
+@dataclass
+class EngineConfig:
+    max_slots: int = 8            # adapters resident at once
+    max_rank: int = 64            # largest adapter rank a slot holds
+    max_batch: int = 16           # running sequences per step
+    max_kv_tokens: int = 16384    # KV cache size in tokens (all sequences together)
+    block_size: int = 16
+    max_queue: int = 64           # waiting requests before 503
+    max_tokens_cap: int = 1024    # the largest max_tokens a request may ask for
+    max_prefill_tokens: int = 4096  # prompt tokens admitted per step
+
+
+@dataclass
+class ServeOptions:
+    base: str
+    adapters: dict[str, str] = field(default_factory=dict)     # name -> directory
+    tenants: str | None = None
+    insecure_no_auth: bool = False
+    admin_key: str | None = None
+    registry: bool = False
+    registry_poll_s: float = 10.0
+    host: str = "127.0.0.1"
+    port: int = 8000
+    threads: int | None = None            # torch threads; None: torch's default
+    engine: EngineConfig = field(default_factory=EngineConfig)
+
+
+def check_options(opts: ServeOptions) -> None:
+    """Refuse unsafe or contradictory options before anything is loaded."""
+    if opts.tenants is None and not opts.insecure_no_auth:
+        raise ConfigError("refusing to serve without authentication: pass --tenants FILE "
+                          "(or --insecure-no-auth for local experiments)")
+    if opts.tenants is not None and opts.insecure_no_auth:
+        raise ConfigError("--tenants and --insecure-no-auth contradict each other; pass one")
+    if opts.threads is not None and opts.threads < 1:
+        raise ConfigError("--threads must be >= 1")
+    e = opts.engine
+    for name in ("max_slots", "max_rank", "max_batch", "max_kv_tokens", "max_queue", "max_tokens_cap"):
+        if getattr(e, name) < 1:
+            raise ConfigError(f"--{name.replace('_', '-')} must be >= 1")
+
+

@@ -1,0 +1,421 @@
+"""The serving engine: one base model, many adapters, iteration-level (continuous) batching.
+
+Each step packs the new tokens of every running sequence into one row — a whole prompt for a
+sequence that just joined (its prefill), one token for the others (decode) — and runs one forward:
+MultiLoRALinear applies each token's adapter (lora_kernels.py), paged_attention keeps each
+sequence's keys in the block cache (kv.py). Then every sequence samples its next token; finished
+sequences leave at once and waiting ones join, round-robin across tenants (scheduler.py).
+
+Threads: the API thread calls the public methods (`submit`, `cancel`, `add_adapter`, ...), which
+only touch the queue under a lock; the engine thread owns the model, the slot pool and the cache;
+the loader thread reads and validates adapter files off the request path and hands the result to
+the engine thread, which copies it into a slot between two steps.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import queue
+import re
+import threading
+import time
+from dataclasses import dataclass
+
+import torch
+
+from loraops.errors import LoraOpsError
+from loraops.lora import Adapter, read_adapter
+from loraops.models import LoadedBase, check_base
+from loraops.serve import kv
+from loraops.serve.config import EngineConfig
+from loraops.serve.context import ForwardContext, SeqSpan
+from loraops.serve.errors import (AdapterUnavailableError, BadRequestError, ContextLengthError, InternalError,
+                                  ModelNotFoundError, ServeError)
+from loraops.serve.layers import install
+from loraops.serve.sampling import SamplingParams, TextStream, make_generator, sample
+from loraops.serve.scheduler import FairQueue, Sequence
+
+log = logging.getLogger("loraops.serve")
+
+MODEL_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}(@[0-9]{1,9})?$")
+
+
+@dataclass
+class TokenEvent:
+    text: str
+    token_id: int
+
+
+@dataclass
+class DoneEvent:
+    finish_reason: str            # "stop" | "length"
+    prompt_tokens: int
+    completion_tokens: int
+
+
+@dataclass
+class ErrorEvent:
+    error: ServeError
+
+
+@dataclass
+class AdapterEntry:
+    """A servable adapter. `key` names its weights in the slot pool; re-adding a model id gives a new
+    key, so sequences already running keep the weights they started with."""
+
+    model_id: str
+    path: str
+    key: str
+    rank: int
+
+
+def check_model_id(model_id: str) -> None:
+    if not isinstance(model_id, str) or not MODEL_ID.match(model_id):
+        raise BadRequestError(f"invalid model name {str(model_id)[:80]!r}: use letters, digits, '.', '_', "
+                              f"'-' and an optional @VERSION", param="model")
+
+
+class Engine:
+    def __init__(self, base: LoadedBase, config: EngineConfig | None = None, metrics=None):
+        self.config = config = config or EngineConfig()
+        self.base, self.model, self.tokenizer = base, base.model, base.tokenizer
+        self.base_name = base.info.name
+        self.metrics = metrics
+        self.pool, self.lora_layers = install(self.model, config.max_slots, config.max_rank)
+        kv.register()
+        self.model.set_attn_implementation(kv.ATTN_NAME)
+        self.attn_modules = [m for m in self.model.modules()
+                             if hasattr(m, "layer_idx") and type(m).__name__.endswith("Attention")]
+        mc = self.model.config.get_text_config()
+        head_dim = getattr(mc, "head_dim", None) or mc.hidden_size // mc.num_attention_heads
+        kv_heads = getattr(mc, "num_key_value_heads", None) or mc.num_attention_heads
+        dtype = next(self.model.parameters()).dtype
+        self.cache = kv.BlockKVCache(mc.num_hidden_layers, kv_heads, head_dim, config.max_kv_tokens,
+                                     config.block_size, dtype)
+        self.max_context = min(getattr(mc, "max_position_embeddings", 2048), self.cache.capacity_tokens)
+        self.vocab_size = self.model.get_output_embeddings().weight.shape[0]
+        eos = self.model.generation_config.eos_token_id
+        self.eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+        if self.tokenizer.eos_token_id is not None:
+            self.eos_ids.add(self.tokenizer.eos_token_id)
+
+        self._lock = threading.Lock()
+        self._wake = threading.Condition(self._lock)
+        self.queue = FairQueue(config.max_queue)
+        self.running: list[Sequence] = []
+        self._catalog: dict[str, AdapterEntry] = {}
+        self._keys = itertools.count(1)
+        self._ids = itertools.count(1)
+        self._inbox: queue.Queue = queue.Queue()          # (key, Adapter | Exception, seconds, preload)
+        self._loads: queue.Queue = queue.Queue()          # (key, path) for the loader
+        self._loading: set[str] = set()
+        self._unload: set[str] = set()
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._threads_wanted = torch.get_num_threads()
+
+    # ---- adapters (any thread) ---------------------------------------------------------------
+
+    def read_checked(self, path: str, force: bool = False) -> Adapter:
+        """Read an adapter directory and check it fits this base and the slot pool (raises LoraOpsError)."""
+        adapter = read_adapter(path)
+        check_base(adapter, self.base_name, self.base.info.fingerprint, force)
+        self.pool.check(adapter)
+        return adapter
+
+    def add_adapter(self, model_id: str, path: str, force: bool = False) -> AdapterEntry:
+        """Validate and register `model_id` -> `path`; its weights go into a slot if one is free.
+        Replacing an existing id is a hot swap: running requests finish on the old weights."""
+        check_model_id(model_id)
+        if model_id == self.base_name:
+            raise BadRequestError(f"{model_id!r} is the base model's name", param="name")
+        adapter = self.read_checked(path, force)
+        entry = AdapterEntry(model_id, str(path), f"{model_id}#{next(self._keys)}",
+                             max(m.r for m in adapter.modules.values()))
+        with self._lock:
+            old = self._catalog.get(model_id)
+            self._catalog[model_id] = entry
+            if old is not None:
+                self._unload.add(old.key)
+            self._inbox.put((entry.key, adapter, 0.0, True))
+            self._wake.notify()
+        return entry
+
+    def remove_adapter(self, model_id: str) -> bool:
+        """Stop serving `model_id`. Waiting requests for it fail with 404; running ones finish."""
+        with self._lock:
+            entry = self._catalog.pop(model_id, None)
+            if entry is None:
+                return False
+            self._unload.add(entry.key)
+            for seq in [s for s in self.queue.waiting() if s.key == entry.key]:
+                self.queue.remove(seq)
+                seq.sink(ErrorEvent(ModelNotFoundError(f"the model {model_id!r} does not exist", "model")))
+            self._wake.notify()
+        return True
+
+    def models(self) -> list[AdapterEntry]:
+        with self._lock:
+            return list(self._catalog.values())
+
+    def resident(self) -> dict[str, int]:
+        """model id -> slot of the adapters whose current weights are in the pool."""
+        with self._lock:
+            res = self.pool.resident()
+            return {e.model_id: res[e.key] for e in self._catalog.values() if e.key in res}
+
+    def has_model(self, model_id: str) -> bool:
+        return model_id == self.base_name or model_id in self._catalog
+
+    # ---- requests (any thread) ---------------------------------------------------------------
+
+    def check_lengths(self, prompt_tokens: int, max_tokens: int) -> None:
+        if max_tokens > self.config.max_tokens_cap:
+            raise BadRequestError(f"max_tokens={max_tokens} exceeds this server's cap of "
+                                  f"{self.config.max_tokens_cap}", param="max_tokens")
+        if prompt_tokens == 0:
+            raise BadRequestError("the prompt is empty", param="prompt")
+        if prompt_tokens + max_tokens > self.max_context:
+            raise ContextLengthError(
+                f"this model's maximum context length is {self.max_context} tokens, but you requested "
+                f"{prompt_tokens + max_tokens} tokens ({prompt_tokens} in the prompt, {max_tokens} for the "
+                f"completion); shorten the prompt or lower max_tokens", param="max_tokens")
+
+    def submit(self, tenant: str, model_id: str, prompt: list[int], params: SamplingParams, sink,
+               constraint=None) -> Sequence:
+        """Queue a request. Raises ModelNotFoundError, BadRequestError or OverloadedError (queue full).
+        `constraint` (grammar.RowConstraint) restricts the tokens this request may sample."""
+        self.check_lengths(len(prompt), params.max_tokens)
+        with self._lock:
+            if model_id == self.base_name:
+                key = None
+            elif model_id in self._catalog:
+                key = self._catalog[model_id].key
+            else:
+                raise ModelNotFoundError(f"the model {model_id!r} does not exist", "model")
+            seq = Sequence(next(self._ids), tenant, model_id, key, list(prompt), params, sink,
+                           TextStream(self.tokenizer, params.stop), make_generator(params),
+                           constraint=constraint)
+            self.queue.push(seq)
+            self._wake.notify()
+        return seq
+
+    def cancel(self, seq: Sequence) -> None:
+        """The client went away: drop the sequence whether it waits or runs."""
+        with self._lock:
+            seq.cancelled = True
+            self.queue.remove(seq)
+            self._wake.notify()
+
+    def queue_depth(self) -> int:
+        return len(self.queue)
+
+    # ---- the loop (engine thread) ------------------------------------------------------------
+
+    def start(self) -> None:
+        self._threads_wanted = torch.get_num_threads()
+        for target, name in ((self._loop, "loraops-engine"), (self._loader, "loraops-loader")):
+            t = threading.Thread(target=target, name=name, daemon=True)
+            t.start()
+            self._threads.append(t)
+
+    def alive(self) -> bool:
+        """The engine and loader threads are running."""
+        return bool(self._threads) and all(t.is_alive() for t in self._threads)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._loads.put(None)
+        with self._lock:
+            self._wake.notify_all()
+        for t in self._threads:
+            t.join(timeout=5)
+
+    def _loop(self) -> None:
+        # OpenMP's thread count is per OS thread: adopt the one set (torch.set_num_threads) by the starter.
+        torch.set_num_threads(self._threads_wanted)
+        while not self._stop.is_set():
+            try:
+                if not self.step():
+                    with self._lock:
+                        if self._inbox.empty() and not self.running:
+                            self._wake.wait(timeout=0.05)
+            except Exception:                              # a bug must not kill the server silently
+                log.exception("engine step failed; failing the running requests")
+                for seq in list(self.running):
+                    seq.sink(ErrorEvent(InternalError("internal error while generating")))
+                    self._finish(seq)
+
+    def _loader(self) -> None:
+        while (job := self._loads.get()) is not None:
+            self._load(*job)
+
+    def _load(self, key: str, path: str) -> None:
+        t0 = time.perf_counter()
+        try:
+            result = self.read_checked(path)
+        except (LoraOpsError, OSError) as e:
+            result = e
+        self._inbox.put((key, result, time.perf_counter() - t0, False))
+        with self._lock:
+            self._wake.notify()
+
+    def run_until_idle(self, max_steps: int = 100_000) -> None:
+        """Drive the engine from the calling thread (tests, benchmarks; no threads started) until
+        nothing is left. Adapter loads happen inline, between steps."""
+        for _ in range(max_steps):
+            while not self._loads.empty():
+                self._load(*self._loads.get_nowait())
+            if not self.step() and not self.running and not len(self.queue) and self._loads.empty():
+                return
+
+    def step(self) -> bool:
+        """Apply finished loads, admit waiting requests, run one forward. False if nothing ran."""
+        self._apply_loads()
+        self._admit()
+        for seq in [s for s in self.running if s.cancelled]:
+            self._finish(seq)
+        if not self.running:
+            self._observe()
+            return False
+        batch = list(self.running)
+        ids, pos, slot_of_token, spans, last = [], [], [], [], []
+        for seq in batch:
+            new = seq.prompt if seq.computed == 0 else seq.output[-1:]
+            lo = len(ids)
+            ids += new
+            pos += range(seq.computed, seq.computed + len(new))
+            slot_of_token += [seq.slot] * len(new)
+            end = seq.computed + len(new)
+            spans.append(SeqSpan(lo, len(ids), seq.computed, self.cache.slots(seq.id, seq.computed, end),
+                                 self.cache.slots(seq.id, 0, end)))
+            last.append(len(ids) - 1)
+        ctx = ForwardContext.build(torch.tensor(slot_of_token), spans, self.cache)
+        self._bind(ctx)
+        try:
+            with torch.no_grad():
+                logits = self.model(input_ids=torch.tensor([ids]), position_ids=torch.tensor([pos]),
+                                    use_cache=False, logits_to_keep=torch.tensor(last)).logits[0]  # [B, V]
+        finally:
+            self._bind(None)
+        for seq, row, sp in zip(batch, logits, spans):
+            seq.computed += sp.hi - sp.lo
+            try:
+                if seq.constraint is not None:
+                    seq.constraint.mask(row)               # forbidden tokens -> -inf, in place
+                self._emit(seq, sample(row, seq.params, seq.generator))
+            except Exception:                              # one request's failure is not the batch's
+                log.exception("request %d failed while sampling", seq.id)
+                seq.sink(ErrorEvent(InternalError("internal error while generating")))
+                self._finish(seq)
+        self._observe(len(batch))
+        return True
+
+    def _bind(self, ctx: ForwardContext | None) -> None:
+        for m in self.lora_layers:
+            m.serve_ctx = ctx
+        for m in self.attn_modules:
+            m.serve_ctx = ctx
+
+    def _apply_loads(self) -> None:
+        while True:
+            try:
+                key, result, seconds, preload = self._inbox.get_nowait()
+            except queue.Empty:
+                break
+            self._loading.discard(key)
+            with self._lock:
+                current = any(e.key == key for e in self._catalog.values())
+            if not current:
+                continue
+            if isinstance(result, Exception):
+                log.error("adapter %s failed to load: %s", key.split("#")[0], result)
+                name = key.split("#")[0]
+                self._fail_waiting(key, AdapterUnavailableError(f"adapter {name!r} failed to load", "model"))
+                continue
+            if preload and len(self.pool.resident()) >= self.pool.max_slots:
+                continue                                   # registered; loads on first use
+            if self.pool.load(key, result) is None:
+                self._inbox.put((key, result, seconds, preload))   # every slot pinned: try next step
+                break
+            if self.metrics is not None and not preload:
+                self.metrics.adapter_load.observe(seconds)
+        with self._lock:
+            for key in list(self._unload):
+                if self.pool.unload(key):
+                    self._unload.discard(key)
+
+    def _fail_waiting(self, key: str, error: ServeError) -> None:
+        with self._lock:
+            for seq in [s for s in self.queue.waiting() if s.key == key]:
+                self.queue.remove(seq)
+                seq.sink(ErrorEvent(error))
+
+    def _ready(self, seq: Sequence, budget: list[int]) -> bool:
+        # A prompt longer than the whole per-step budget may still go, alone in its step.
+        over_budget = len(seq.prompt) > budget[0] and budget[0] < self.config.max_prefill_tokens
+        if seq.cancelled or not self.cache.can_reserve(seq.budget) or over_budget:
+            return False
+        if seq.key is None:
+            return True
+        if not seq.counted_lookup:                          # a hit or a miss once per request
+            seq.counted_lookup = True
+            slot = self.pool.lookup(seq.key)
+        else:
+            slot = self.pool.resident().get(seq.key)
+        if slot is None and seq.key not in self._loading:
+            entry = next((e for e in self._catalog.values() if e.key == seq.key), None)
+            if entry is not None:
+                self._loading.add(seq.key)
+                self._loads.put((seq.key, entry.path))
+        return slot is not None
+
+    def _admit(self) -> None:
+        budget = [self.config.max_prefill_tokens]
+        with self._lock:
+            while len(self.running) < self.config.max_batch:
+                seq = self.queue.pick(lambda s: self._ready(s, budget))
+                if seq is None:
+                    break
+                budget[0] -= len(seq.prompt)
+                assert self.cache.reserve(seq.id, seq.budget)
+                if seq.key is not None:
+                    seq.slot = self.pool.acquire(seq.key)
+                self.running.append(seq)
+
+    def _emit(self, seq: Sequence, token: int) -> None:
+        now = time.monotonic()
+        if seq.first_token_at is None:
+            seq.first_token_at = now
+            if self.metrics is not None:
+                self.metrics.ttft.labels(seq.model, seq.tenant).observe(now - seq.arrived)
+        seq.output.append(token)
+        finish = None
+        if token in self.eos_ids:
+            text, finish = seq.stream.flush(), "stop"
+        else:
+            text = seq.stream.push(token)
+            if seq.constraint is not None:
+                seq.constraint.advance(token)
+            if seq.stream.stopped or (seq.constraint is not None and seq.constraint.done):
+                text, finish = text + seq.stream.flush(), "stop"
+            elif len(seq.output) >= seq.params.max_tokens:
+                text, finish = text + seq.stream.flush(), "length"
+        seq.sink(TokenEvent(text, token))
+        if finish is not None:
+            if self.metrics is not None and len(seq.output) > 1:
+                self.metrics.tpot.labels(seq.model, seq.tenant).observe(
+                    (now - seq.first_token_at) / (len(seq.output) - 1))
+            seq.sink(DoneEvent(finish, len(seq.prompt), len(seq.output)))
+            self._finish(seq)
+
+    def _finish(self, seq: Sequence) -> None:
+        if seq in self.running:
+            self.running.remove(seq)
+            self.cache.release(seq.id)
+            self.pool.unpin(seq.slot)
+
+    def _observe(self, batch: int = 0) -> None:
+        if self.metrics is not None:
+            self.metrics.observe_engine(self, batch)

@@ -1,0 +1,54 @@
+"""MultiLoRALinear: a base Linear plus a per-token choice of adapter from the slot pool.
+
+forward(x) = base(x) + lora_sgmv(x, A, B, scale, ctx.order, ctx.segs)   (see lora_kernels.py)
+where ctx = self.serve_ctx, set by the engine before each forward (see context.py).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from loraops.lora import LoRAConfig, select_targets
+from loraops.lora.config import ALL_LINEAR
+from loraops.serve.lora_kernels import live_segments, lora_sgmv
+from loraops.serve.slots import SlotPool, SlotTensors
+
+
+class MultiLoRALinear(nn.Module):
+    def __init__(self, base: nn.Module, slots: SlotTensors):
+        super().__init__()
+        self.base = base
+        self.slots = slots
+        self.serve_ctx = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.base(x)                                     # [..., out]
+        ctx = self.serve_ctx
+        if ctx is None:
+            return y
+        s = self.slots
+        if not live_segments(ctx.segs, s.active):           # no token here uses an adapter on this module
+            return y
+        x2 = x.reshape(-1, x.shape[-1])                      # [T, in]
+        delta = lora_sgmv(x2.to(s.A.dtype), s.A, s.B, s.scale, ctx.order, ctx.segs, s.active)
+        return y + delta.view(y.shape).to(y.dtype)
+
+
+def adaptable_paths(model: nn.Module) -> list[str]:
+    """Every module an adapter may target: all linear layers except the output head (PEFT's "all-linear")."""
+    return select_targets(model, LoRAConfig(target_modules=ALL_LINEAR))
+
+
+def install(model: nn.Module, max_slots: int, max_rank: int) -> tuple[SlotPool, list[MultiLoRALinear]]:
+    """Wrap every adaptable linear of `model` in a MultiLoRALinear backed by a new SlotPool (in place)."""
+    paths = adaptable_paths(model)
+    pool = SlotPool.for_model(model, paths, max_slots, max_rank)
+    layers = []
+    for path in paths:
+        parent, _, name = path.rpartition(".")
+        owner = model.get_submodule(parent) if parent else model
+        layer = MultiLoRALinear(getattr(owner, name), pool.tensors[path])
+        setattr(owner, name, layer)
+        layers.append(layer)
+    return pool, layers

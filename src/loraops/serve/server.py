@@ -1,0 +1,106 @@
+"""`loraops serve`: build the engine and the app from options, then run uvicorn.
+
+Adapters given on the command line that fail to load (corrupt files, another base, DoRA) are
+logged with the reason and skipped: the server starts and serves everything else.
+With a registry, every adapter's production version is served under its name and the registry is
+polled for promotions and rollbacks (hot reload; running requests finish on their version).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+
+from loraops.errors import LoraOpsError
+from loraops.serve.config import ServeOptions, check_options
+from loraops.serve.engine import Engine
+
+log = logging.getLogger("loraops.serve")
+
+
+class RegistryWatcher:
+    """Serve each adapter's production version under its name; poll for changes."""
+
+    def __init__(self, engine: Engine, poll_s: float):
+        from loraops.registry.service import Registry
+
+        self.engine, self.poll_s, self.registry = engine, poll_s, Registry()
+        self.current: dict[str, tuple[int, str]] = {}
+        self._stop = threading.Event()
+
+    def sync(self) -> None:
+        versions = self.registry.production_versions()
+        for name, (version, digest) in versions.items():
+            if self.current.get(name) == (version, digest):
+                continue
+            try:
+                path = self.registry.fetch(f"{name}@{version}")
+                self.engine.add_adapter(name, str(path))
+                self.current[name] = (version, digest)
+                log.info("serving %s@%d (production)", name, version)
+            except LoraOpsError as e:
+                log.error("registry adapter %s@%d not served: %s", name, version, e)
+        for name in set(self.current) - set(versions):
+            self.engine.remove_adapter(name)
+            del self.current[name]
+            log.info("%s has no production version any more: no longer served", name)
+
+    def start(self) -> None:
+        self.sync()
+        threading.Thread(target=self._run, name="loraops-registry", daemon=True).start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.poll_s):
+            try:
+                self.sync()
+            except Exception:
+                log.exception("registry poll failed; keeping the adapters being served")
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.registry.close()
+
+
+def build(opts: ServeOptions):
+    """-> (app, engine, watcher or None). Loads the base once and the command-line adapters."""
+    from loraops.models import load_base
+    from loraops.serve.api import AppState, create_app
+    from loraops.serve.metrics import ServeMetrics
+    from loraops.serve.tenancy import Tenants
+
+    check_options(opts)
+    if opts.threads is not None:
+        import torch
+
+        torch.set_num_threads(opts.threads)
+    tenants = Tenants.load(opts.tenants) if opts.tenants else None
+    if tenants is None:
+        log.warning("--insecure-no-auth: every client can use every model; do not expose this server")
+    metrics = ServeMetrics()
+    engine = Engine(load_base(opts.base), opts.engine, metrics)
+    for name, path in opts.adapters.items():
+        try:
+            engine.add_adapter(name, path)
+            log.info("adapter %s loaded from %s", name, path)
+        except LoraOpsError as e:
+            log.error("adapter %s not loaded: %s", name, e)
+    watcher = RegistryWatcher(engine, opts.registry_poll_s) if opts.registry else None
+    admin_key = opts.admin_key or os.environ.get("LORAOPS_ADMIN_KEY") or None
+    app = create_app(AppState(engine, tenants, admin_key, metrics))
+    return app, engine, watcher
+
+
+def run(opts: ServeOptions) -> None:
+    import uvicorn
+
+    app, engine, watcher = build(opts)
+    engine.start()
+    if watcher is not None:
+        watcher.start()
+    try:
+        uvicorn.run(app, host=opts.host, port=opts.port, log_level="info", timeout_graceful_shutdown=5)
+    finally:
+        if watcher is not None:
+            watcher.stop()
+        engine.stop()
