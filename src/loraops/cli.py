@@ -51,6 +51,132 @@ def base_info(base: str = typer.Argument("gemma-3-270m", help="Known name, HF mo
     out.print_json(data={"name": info.name, "path": str(info.path), "fingerprint": info.fingerprint})
 
 
+# ---- data ------------------------------------------------------------------------------------
+
+
+@data_app.command("curate")
+def data_curate(
+    in_path: Path = typer.Argument(..., help="Input JSONL: prompt/completion, chat or text lines."),
+    out_dir: Path = typer.Option(..., "--out", help="Directory for train.jsonl, val.jsonl and report.json."),
+    strict: bool = typer.Option(False, help="Fail on the first malformed line instead of skipping it."),
+    near_dup_threshold: float = typer.Option(0.85, help="Jaccard similarity that makes a near duplicate."),
+    near_dedup: bool = typer.Option(True, help="Drop near duplicates (MinHash LSH)."),
+    pii: bool = typer.Option(True, help="Replace e-mails, phones, cards, IBANs, IPs, SSNs by placeholders."),
+    val_fraction: float = typer.Option(0.1, help="Share of records in val.jsonl."),
+    seed: int = typer.Option(0, help="Seed of the train/val split."),
+    base: Optional[str] = typer.Option(None, help="Base whose chat template renders chat data: known name, "
+                                                  "HF model dir or .gguf file."),
+) -> None:
+    """Normalise, scrub, filter, deduplicate and split a JSONL file; print what each step did."""
+    from loraops.data import CurateOptions, curate
+    from loraops.data.report import summary_table
+    from loraops.errors import ModelNotFoundError
+
+    tokenizer = None
+    if base is not None:
+        from transformers import AutoTokenizer
+
+        path = Path(base).expanduser()
+        if not path.is_dir():  # a known name or .gguf: only its converted directory holds a tokenizer
+            from loraops.models import resolve_base
+
+            path = resolve_base(base, progress=True).path
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(path)
+        except (OSError, ValueError) as e:
+            raise ModelNotFoundError(f"no tokenizer in {path}: {str(e).splitlines()[0]}") from None
+    options = CurateOptions(strict=strict, near_dedup=near_dedup, near_dup_threshold=near_dup_threshold,
+                            pii=pii, val_fraction=val_fraction, seed=seed)
+    report = curate(in_path, out_dir, options, tokenizer=tokenizer)
+    out.print(summary_table(report))
+
+
+# ---- train -----------------------------------------------------------------------------------
+
+
+@app.command("train")
+def train_cmd(
+    base: str = typer.Option("gemma-3-270m", help="Known name, HF model dir or .gguf file."),
+    data: Path = typer.Option(..., help="Curated dir (train.jsonl, val.jsonl) or one .jsonl file."),
+    out_dir: Path = typer.Option(..., "--out", help="Run dir: adapter/, checkpoints/, metrics.jsonl."),
+    rank: int = typer.Option(8, help="LoRA rank r."),
+    alpha: float = typer.Option(16.0, help="LoRA alpha (scale = alpha/r, or alpha/sqrt(r) with --use-rslora)."),
+    dropout: float = typer.Option(0.0, help="Dropout on the LoRA input."),
+    targets: str = typer.Option("all-linear", help="all-linear, a comma list (q_proj,v_proj) or a regex."),
+    max_steps: Optional[int] = typer.Option(None, help="Optimizer steps (overrides --epochs)."),
+    epochs: int = typer.Option(1, help="Passes over the training data."),
+    batch_size: int = typer.Option(8, help="Packed rows per micro-batch (all processes together)."),
+    grad_accum: int = typer.Option(1, help="Micro-batches per optimizer step."),
+    seq_len: int = typer.Option(1024, help="Tokens per packed row."),
+    lr: float = typer.Option(2e-4, help="Peak learning rate."),
+    warmup_steps: int = typer.Option(10, help="Linear warmup steps before the cosine decay."),
+    weight_decay: float = typer.Option(0.0, help="AdamW weight decay."),
+    max_grad_norm: float = typer.Option(1.0, help="Gradient clipping norm (<= 0: no clipping)."),
+    seed: int = typer.Option(0, help="Seed for the LoRA init, data order, dropout and the val split."),
+    precision: str = typer.Option("fp32", help="fp32 | bf16 (autocast)."),
+    grad_checkpointing: bool = typer.Option(False, "--grad-checkpointing", help="Recompute activations in backward."),
+    save_every: int = typer.Option(100, help="Checkpoint every N steps."),
+    keep_checkpoints: int = typer.Option(2, help="Checkpoints kept (newest)."),
+    eval_every: int = typer.Option(100, help="Validation loss every N steps."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from the newest checkpoint in --out."),
+    max_bad_steps: int = typer.Option(5, help="Stop after N non-finite steps in a row."),
+    use_dora: bool = typer.Option(False, "--use-dora", help="DoRA (weight-decomposed LoRA)."),
+    use_rslora: bool = typer.Option(False, "--use-rslora", help="Rank-stabilised scale alpha/sqrt(r)."),
+    val_fraction: float = typer.Option(0.05, help="Val share split off a single .jsonl file."),
+    progress: bool = typer.Option(True, help="Show the progress bar."),
+) -> None:
+    """Train a LoRA adapter (completion-only loss, packed rows, resumable; torchrun for several processes)."""
+    from loraops.train import TrainConfig, run
+
+    cfg = TrainConfig(base=base, data=str(data), out=str(out_dir), rank=rank, alpha=alpha, dropout=dropout,
+                      targets=targets, use_dora=use_dora, use_rslora=use_rslora, max_steps=max_steps,
+                      epochs=epochs, batch_size=batch_size, grad_accum=grad_accum, seq_len=seq_len, lr=lr,
+                      warmup_steps=warmup_steps, weight_decay=weight_decay, max_grad_norm=max_grad_norm,
+                      seed=seed, precision=precision, grad_checkpointing=grad_checkpointing,
+                      save_every=save_every, keep_checkpoints=keep_checkpoints, eval_every=eval_every,
+                      resume=resume, max_bad_steps=max_bad_steps, val_fraction=val_fraction, progress=progress)
+    result = run(cfg)
+    if result.adapter_dir is not None:
+        train_loss, val = (f"{x:.4f}" if x is not None else "-" for x in (result.train_loss, result.val_loss))
+        out.print(f"[green]trained[/] {result.steps} steps -> {result.adapter_dir}\n"
+                  f"train loss {train_loss}, val loss {val}, {result.tokens:,} tokens, "
+                  f"{result.tokens_per_s:,.0f} tokens/s, {result.skipped_steps} skipped steps")
+
+
+# ---- eval ------------------------------------------------------------------------------------
+
+
+@app.command("eval")
+def eval_cmd(
+    adapter: str = typer.Option(..., help="Adapter directory, or NAME, NAME@VERSION or NAME@STAGE from the "
+                                          "registry."),
+    base: str = typer.Option("gemma-3-270m", help="Known name, HF model dir or .gguf file."),
+    data: Optional[Path] = typer.Option(None, help="Curated dir (its val.jsonl) or a .jsonl file of "
+                                                   "prompt/completion or chat lines. Without it: general only."),
+    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON instead of a table."),
+    max_examples: int = typer.Option(200, help="Evaluate the first N validation examples."),
+    batch_size: int = typer.Option(8, help="Sequences per generation/scoring batch."),
+    max_new_tokens: Optional[int] = typer.Option(None, help="Generation length (default: longest reference + 8)."),
+    force: bool = typer.Option(False, help="Evaluate even if the adapter is bound to a different base."),
+    progress: bool = typer.Option(True, help="Show the progress bar (stderr)."),
+) -> None:
+    """Domain metrics and forgetting vs the base, side by side; stored on the registry version or in
+    ADAPTER_DIR/eval.json."""
+    import json
+
+    from loraops.evals import EvalConfig, evaluate_ref
+    from loraops.evals.table import summary_table
+
+    config = EvalConfig(data=data, max_examples=max_examples, batch_size=batch_size, max_new_tokens=max_new_tokens,
+                        force=force, progress=progress)
+    report, stored = evaluate_ref(base, adapter, config)
+    if as_json:
+        typer.echo(json.dumps(report.to_dict(), indent=2, sort_keys=True))
+        return
+    out.print(summary_table(report))
+    out.print(f"stored in {stored}")
+
+
 # ---- merge -----------------------------------------------------------------------------------
 
 
@@ -129,12 +255,13 @@ def registry_push(
     adapter_dir: Path = typer.Argument(..., help="Adapter directory (PEFT format, + loraops.json)."),
     name: str = typer.Option(..., help="Adapter name: lower-case letters, digits, '.', '_', '-'."),
     tenant: Optional[str] = typer.Option(None, help="Tenant that owns the adapter."),
-    register_base: bool = typer.Option(False, help="Register the adapter's base if the registry does not know it."),
-    base_fingerprint: Optional[str] = typer.Option(None, help="Base fingerprint for an adapter made by PEFT."),
+    register_base: bool = typer.Option(False, help="Register its base if the registry lacks it."),
+    base_fingerprint: Optional[str] = typer.Option(None, help="Base fingerprint of an adapter made by PEFT."),
 ) -> None:
     """Store an adapter directory as the next immutable version of NAME."""
     with _registry() as reg:
-        v = reg.push(adapter_dir, name, tenant=tenant, register_base=register_base, base_fingerprint=base_fingerprint)
+        v = reg.push(adapter_dir, name, tenant=tenant, register_base=register_base,
+                     base_fingerprint=base_fingerprint)
     out.print(f"[green]pushed[/] {v.ref} digest {v.digest[:12]} base {v.base_fingerprint[:19]}")
 
 
@@ -196,7 +323,8 @@ def registry_show(
     if detail.history:
         history = Table("when", "stage", "version", "action", "by", "reason", title="stage history")
         for e in detail.history:
-            history.add_row(f"{e.at:%Y-%m-%d %H:%M:%S}", e.stage, str(e.version), e.action, e.actor, e.reason or "")
+            history.add_row(f"{e.at:%Y-%m-%d %H:%M:%S}", e.stage, str(e.version), e.action, e.actor,
+                            e.reason or "")
         out.print(history)
 
 
@@ -206,6 +334,17 @@ def _short_json(data) -> str:
     return json.dumps(data, sort_keys=True)[:60] if data else "-"
 
 
+def _overridable(gate):
+    """Under --force, a gate that cannot even run (no evaluation, no data) counts as a refusal,
+    which --force then overrides and the audit log records with the reason."""
+    def run(registry, name, version):
+        try:
+            return gate(registry, name, version)
+        except LoraOpsError as e:
+            return False, f"gate could not run: {e}"
+    return run
+
+
 @registry_app.command("promote")
 def registry_promote(
     name: str = typer.Argument(..., help="Adapter name."),
@@ -213,10 +352,29 @@ def registry_promote(
     stage: str = typer.Option("production", help="Stage to assign (production, staging, ...)."),
     force: bool = typer.Option(False, help="Promote even if the gate refuses (needs --reason; audited)."),
     reason: Optional[str] = typer.Option(None, help="Why: kept in the stage history and the audit log."),
+    gate: bool = typer.Option(False, "--gate", help="Gate a stage other than production too (production is "
+                                                    "always gated): refuse unless the version beats production "
+                                                    "(or the base) on its domain by --margin and forgets at most "
+                                                    "--max-forgetting."),
+    margin: float = typer.Option(0.0, help="Gate: required gain of the primary domain metric."),
+    max_forgetting: float = typer.Option(0.10, help="Gate: largest forgetting score allowed."),
+    data: Optional[Path] = typer.Option(None, help="Gate: val data to evaluate on when no comparable stored "
+                                                   "evaluation exists (see `loraops eval`)."),
+    base: Optional[str] = typer.Option(None, help="Gate: base to evaluate on (default gemma-3-270m)."),
 ) -> None:
-    """Point a stage at a version (history kept, audited)."""
+    """Point a stage at a version (history kept, audited). Production promotions pass the gate
+    (domain gain and forgetting, from the stored evaluation or a fresh one on --data) unless
+    --force --reason overrides it, which the audit log records."""
+    promotion_gate = None
+    if gate or stage == "production":
+        from loraops.evals import EvalConfig, GateConfig, PromotionGate
+
+        promotion_gate = PromotionGate(GateConfig(margin, max_forgetting), base=base, data=data,
+                                       eval_config=EvalConfig(progress=True))
+        if force:
+            promotion_gate = _overridable(promotion_gate)
     with _registry() as reg:
-        v = reg.promote(name, version, stage=stage, reason=reason, force=force)
+        v = reg.promote(name, version, stage=stage, reason=reason, force=force, gate=promotion_gate)
     out.print(f"[green]promoted[/] {v.ref} to {stage}")
 
 
@@ -253,7 +411,7 @@ def registry_audit(
 @registry_app.command("fetch")
 def registry_fetch(
     ref: str = typer.Argument(..., help="NAME, NAME@VERSION or NAME@STAGE."),
-    out_dir: Path = typer.Option(..., "--out", help="Directory to write the adapter to (must not exist or be empty)."),
+    out_dir: Path = typer.Option(..., "--out", help="Directory for the adapter (absent or empty)."),
 ) -> None:
     """Write a registry version's adapter files (verified against their digests) to a directory."""
     import shutil
@@ -269,6 +427,74 @@ def registry_fetch(
         for f in cached.iterdir():
             shutil.copy2(f, tmp / f.name)
     out.print(f"[green]fetched[/] {ref} -> {out_dir}")
+
+
+# ---- serve -----------------------------------------------------------------------------------
+
+
+@app.command("serve")
+def serve_cmd(
+    base: str = typer.Option("gemma-3-270m", "--base", help="Known name, HF model dir or .gguf file."),
+    adapter: list[str] = typer.Option([], "--adapter", help="NAME=DIR, repeatable."),
+    registry: bool = typer.Option(False, "--registry", help="Serve the registry's production versions (polled)."),
+    tenants: Optional[Path] = typer.Option(None, "--tenants", help="Tenants file (TOML): keys, adapters, limits."),
+    host: str = typer.Option("127.0.0.1", "--host"),
+    port: int = typer.Option(8000, "--port"),
+    insecure_no_auth: bool = typer.Option(False, "--insecure-no-auth", help="No API keys: local experiments only."),
+    admin_key: Optional[str] = typer.Option(None, "--admin-key", help="Key for /admin/ (or env LORAOPS_ADMIN_KEY)."),
+    max_slots: int = typer.Option(8, "--max-slots", help="Adapters resident at once."),
+    max_rank: int = typer.Option(64, "--max-rank", help="Largest adapter rank a slot holds."),
+    max_batch: int = typer.Option(16, "--max-batch", help="Sequences per engine step."),
+    max_kv_tokens: int = typer.Option(16384, "--max-kv-tokens", help="KV-cache budget in tokens."),
+    max_queue: int = typer.Option(64, "--max-queue", help="Waiting requests before 503."),
+    max_tokens_cap: int = typer.Option(1024, "--max-tokens-cap", help="Largest max_tokens a request may ask."),
+    registry_poll: float = typer.Option(10.0, "--registry-poll", help="Seconds between registry polls."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="Torch threads (1 is often fastest on a busy CPU)."),
+    quantize: Optional[str] = typer.Option(None, "--quantize", help="int8: int8 weights for the base's linear "
+                                                                     "layers (CPU), adapters stay fp32."),
+) -> None:
+    """Serve the base and its adapters over an OpenAI-compatible HTTP API (many adapters per batch)."""
+    from loraops.errors import ConfigError
+    from loraops.serve.config import EngineConfig, ServeOptions, check_options
+
+    adapters = {}
+    for spec in adapter:
+        name, sep, path = spec.partition("=")
+        if not sep or not name or not path:
+            raise ConfigError(f"--adapter {spec!r}: expected NAME=DIR")
+        adapters[name] = path
+    opts = ServeOptions(base, adapters, str(tenants) if tenants else None, insecure_no_auth, admin_key,
+                        registry, registry_poll, host, port, threads, quantize,
+                        EngineConfig(max_slots=max_slots, max_rank=max_rank, max_batch=max_batch,
+                                     max_kv_tokens=max_kv_tokens, max_queue=max_queue,
+                                     max_tokens_cap=max_tokens_cap))
+    check_options(opts)
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
+    serve_log = logging.getLogger("loraops.serve")
+    serve_log.addHandler(handler)
+    serve_log.setLevel(logging.INFO)
+    serve_log.propagate = False
+    from loraops.serve.server import run
+
+    run(opts)
+
+
+# ---- demo ------------------------------------------------------------------------------------
+
+
+@app.command("demo")
+def demo_cmd(
+    workdir: Path = typer.Option(Path("demo-run"), help="Where the demo writes data, runs and its registry."),
+    steps: int = typer.Option(32, help="Training steps per adapter."),
+    eval_examples: int = typer.Option(16, help="Validation examples per evaluation."),
+    port: int = typer.Option(8000, help="Port for the server (the next free one if taken)."),
+    serve: bool = typer.Option(True, help="Keep the server and dashboard running at the end (Ctrl-C stops)."),
+) -> None:
+    """Run the whole life cycle on the default base for two synthetic tenants."""
+    from loraops.demo.run import DemoOptions, run
+
+    run(DemoOptions(workdir=workdir, steps=steps, eval_examples=eval_examples, port=port, serve=serve))
 
 
 def main() -> None:

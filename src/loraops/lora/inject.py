@@ -11,7 +11,7 @@ from transformers.pytorch_utils import Conv1D
 from loraops.errors import AdapterMismatchError, TargetNotFoundError
 from loraops.lora.adapter import Adapter
 from loraops.lora.config import ALL_LINEAR, LoRAConfig
-from loraops.lora.layer import LoRALinear, is_adaptable
+from loraops.lora.layer import LoRALinear, is_adaptable, weight_out_in
 
 # PEFT's default for classification heads it never adapts under "all-linear".
 _SEQ_CLS_HEADS = ("score", "classifier")
@@ -146,9 +146,7 @@ def apply_adapter(model: nn.Module, adapter: Adapter) -> list[str]:
         raise AdapterMismatchError(f"adapter is missing weights for {len(missing)} targeted module(s), "
                                    f"e.g. {missing[0]!r}")
     for path in expected:
-        base_shape = tuple(model.get_submodule(path).weight.shape)
-        if isinstance(model.get_submodule(path), Conv1D):
-            base_shape = base_shape[::-1]
+        base_shape = tuple(weight_out_in(model.get_submodule(path)).shape)
         w = adapter.modules[path]
         if (w.out_features, w.in_features) != base_shape:
             raise AdapterMismatchError(f"{path}: adapter is for a {w.out_features}x{w.in_features} weight, "

@@ -32,6 +32,7 @@ class ServeOptions:
     host: str = "127.0.0.1"
     port: int = 8000
     threads: int | None = None            # torch threads; None: torch's default
+    quantize: str | None = None           # "int8": int8 base linears (models/quantize.py), LoRA in fp32
     engine: EngineConfig = field(default_factory=EngineConfig)
 
 
@@ -42,6 +43,8 @@ def check_options(opts: ServeOptions) -> None:
                           "(or --insecure-no-auth for local experiments)")
     if opts.tenants is not None and opts.insecure_no_auth:
         raise ConfigError("--tenants and --insecure-no-auth contradict each other; pass one")
+    if opts.quantize not in (None, "int8"):
+        raise ConfigError(f"--quantize {opts.quantize!r}: only int8 is supported")
     if opts.threads is not None and opts.threads < 1:
         raise ConfigError("--threads must be >= 1")
     e = opts.engine

@@ -94,7 +94,7 @@ class Engine:
         self.cache = kv.BlockKVCache(mc.num_hidden_layers, kv_heads, head_dim, config.max_kv_tokens,
                                      config.block_size, dtype)
         self.max_context = min(getattr(mc, "max_position_embeddings", 2048), self.cache.capacity_tokens)
-        self.vocab_size = self.model.get_output_embeddings().weight.shape[0]
+        self.vocab_size = self.model.config.vocab_size  # the head may be an Int8Linear (no .weight)
         eos = self.model.generation_config.eos_token_id
         self.eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
         if self.tokenizer.eos_token_id is not None:

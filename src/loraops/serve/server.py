@@ -78,7 +78,12 @@ def build(opts: ServeOptions):
     if tenants is None:
         log.warning("--insecure-no-auth: every client can use every model; do not expose this server")
     metrics = ServeMetrics()
-    engine = Engine(load_base(opts.base), opts.engine, metrics)
+    base = load_base(opts.base)
+    if opts.quantize == "int8":
+        from loraops.models.quantize import quantize_int8_
+
+        log.info("int8: quantized %d linear layers (LoRA stays fp32)", len(quantize_int8_(base.model)))
+    engine = Engine(base, opts.engine, metrics)
     for name, path in opts.adapters.items():
         try:
             engine.add_adapter(name, path)
@@ -88,7 +93,26 @@ def build(opts: ServeOptions):
     watcher = RegistryWatcher(engine, opts.registry_poll_s) if opts.registry else None
     admin_key = opts.admin_key or os.environ.get("LORAOPS_ADMIN_KEY") or None
     app = create_app(AppState(engine, tenants, admin_key, metrics))
+    if opts.registry:
+        mount_dashboard(app, admin_key, metrics, base.info.name)
     return app, engine, watcher
+
+
+def mount_dashboard(app, admin_key: str | None, metrics, base_name: str) -> None:
+    """/ui: the registry dashboard, for the admin key (read-write) or LORAOPS_DASHBOARD_KEY (read-only).
+    Without either key there is no one to sign in, so it is not mounted."""
+    from loraops.evals import GateConfig, PromotionGate
+    from loraops.registry import Registry
+    from loraops.web import DashboardKeys, dashboard_router
+    from loraops.web.registry_source import RegistrySource
+
+    read_key = os.environ.get("LORAOPS_DASHBOARD_KEY")
+    if not admin_key and not read_key:
+        log.warning("dashboard not mounted: set an admin key or LORAOPS_DASHBOARD_KEY to use /ui")
+        return
+    keys = DashboardKeys(admin_keys=[admin_key] if admin_key else [], read_keys=[read_key] if read_key else [])
+    source = RegistrySource(Registry(), gate=PromotionGate(GateConfig(), base=base_name), stats=metrics.live)
+    app.include_router(dashboard_router(source, keys))
 
 
 def run(opts: ServeOptions) -> None:
