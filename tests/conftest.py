@@ -18,3 +18,18 @@ def _isolated_home(tmp_path_factory, monkeypatch):
     home = tmp_path_factory.mktemp("home")
     monkeypatch.setenv("LORAOPS_HOME", str(home))
     yield home
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread(request):
+    """Tiny models run faster on one thread, and two threads spin on a busy 2-core machine.
+    Tests on the real base (marked slow) keep torch's default."""
+    import torch
+
+    if request.node.get_closest_marker("slow"):
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

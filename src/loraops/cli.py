@@ -177,6 +177,18 @@ def eval_cmd(
     out.print(f"stored in {stored}")
 
 
+def _adapter_source(ref: str) -> tuple[Path, str]:
+    """ADAPTER (contract): a directory, or NAME[@VERSION|@STAGE] fetched (verified) from the registry.
+    -> (directory, label), the label naming the concrete version ("name@3") for lineage."""
+    path = Path(ref)
+    if path.exists() or "/" in ref or ref.startswith("."):
+        return path, ref
+    from loraops.registry import Registry
+
+    with Registry() as reg:
+        return reg.fetch(ref), reg.resolve(ref).ref
+
+
 # ---- merge -----------------------------------------------------------------------------------
 
 
@@ -191,7 +203,7 @@ def merge_cmd(
     """Fold an adapter into its base and write a plain transformers model directory."""
     from loraops.models.merge_model import merge_to_dir
 
-    report = merge_to_dir(base, adapter, out_dir, tolerance=tolerance, force=force)
+    report = merge_to_dir(base, _adapter_source(adapter)[0], out_dir, tolerance=tolerance, force=force)
     out.print(f"[green]merged[/] {adapter} into {report.base_name} -> {out_dir}\n"
               f"max |logits merged - unmerged| = {report.max_abs_diff:.3e} (tolerance {tolerance:g})")
 
@@ -224,9 +236,10 @@ def compose_cmd(
     from loraops.lora.compose import compose
 
     specs = [_ref_and_weight(s) for s in adapter]
-    parents = [read_adapter(ref) for ref, _ in specs]
+    sources = [_adapter_source(ref) for ref, _ in specs]
+    parents = [read_adapter(path) for path, _ in sources]
     result = compose(parents, [w for _, w in specs], method, rank=rank, density=density, seed=seed,
-                     parent_refs=[ref for ref, _ in specs])
+                     parent_refs=[label for _, label in sources])
     save_adapter(result.adapter, out_dir)
     ranks = sorted({m.r for m in result.adapter.modules.values()})
     out.print(f"[green]composed[/] {len(parents)} adapters with {method} -> {out_dir} "

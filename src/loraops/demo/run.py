@@ -87,17 +87,27 @@ def prepare_data(opts: DemoOptions, tokenizer) -> dict[str, Path]:
 
 
 def train_adapters(opts: DemoOptions, data: dict[str, Path]) -> dict[str, Path]:
+    """One adapter per tenant; an adapter already trained in the workdir with the same settings is
+    reused, so a second `make demo` skips straight to evaluation."""
+    import shutil
+
     from loraops.train import TrainConfig, run
 
     out = {}
     for t in TENANTS:
+        run_dir = opts.workdir / "runs" / t.adapter
+        config = TrainConfig(base=opts.base, data=str(data[t.adapter]), out=str(run_dir), rank=opts.rank,
+                             alpha=2 * opts.rank, targets="q_proj,k_proj,v_proj,o_proj", max_steps=opts.steps,
+                             batch_size=opts.batch_size, seq_len=opts.seq_len, lr=opts.lr, warmup_steps=5,
+                             save_every=max(opts.steps // 2, 1), eval_every=max(opts.steps // 3, 1), seed=0)
+        meta_file = run_dir / "adapter" / "loraops.json"
+        if meta_file.exists() and json.loads(meta_file.read_text()).get("hyperparameters") == config.to_dict():
+            console.print(f"reusing [bold]{t.adapter}[/] from {run_dir} (same settings)")
+            out[t.adapter] = run_dir / "adapter"
+            continue
+        shutil.rmtree(run_dir, ignore_errors=True)
         console.print(f"training [bold]{t.adapter}[/] for tenant {t.tenant}")
-        result = run(TrainConfig(base=opts.base, data=str(data[t.adapter]), out=str(opts.workdir / "runs" / t.adapter),
-                                 rank=opts.rank, alpha=2 * opts.rank, targets="q_proj,k_proj,v_proj,o_proj",
-                                 max_steps=opts.steps, batch_size=opts.batch_size, seq_len=opts.seq_len, lr=opts.lr,
-                                 warmup_steps=5, save_every=max(opts.steps // 2, 1), eval_every=max(opts.steps // 3, 1),
-                                 seed=0))
-        out[t.adapter] = Path(result.adapter_dir)
+        out[t.adapter] = Path(run(config).adapter_dir)
     return out
 
 
@@ -118,6 +128,7 @@ def evaluate_adapters(opts: DemoOptions, data: dict[str, Path], adapters: dict[s
 
 def register_and_promote(adapters: dict[str, Path], reports: dict[str, dict], base_name: str,
                          fingerprint: str, use_gate: bool) -> None:
+    from loraops.errors import GateFailedError
     from loraops.evals import GateConfig, PromotionGate
     from loraops.registry import Registry
 
@@ -127,8 +138,16 @@ def register_and_promote(adapters: dict[str, Path], reports: dict[str, dict], ba
         for t in TENANTS:
             version = registry.push(adapters[t.adapter], t.adapter, tenant=t.tenant, created_by="demo")
             registry.record_eval(t.adapter, version.version, reports[t.adapter], actor="demo")
-            registry.promote(t.adapter, version.version, actor="demo", reason="demo", gate=gate)
-            console.print(f"registered and promoted [bold]{version.ref}[/] ({version.digest[:19]})")
+            try:
+                registry.promote(t.adapter, version.version, actor="demo", reason="demo", gate=gate)
+                console.print(f"registered {version.ref} ({version.digest[:19]}); [green]the gate passed it[/]")
+            except GateFailedError as e:
+                # What an operator does with a single-task adapter whose forgetting is accepted:
+                # override with a reason, which the audit log keeps.
+                console.print(f"[yellow]{e}[/]")
+                registry.promote(t.adapter, version.version, actor="demo", gate=gate, force=True,
+                                 reason="demo: single-task adapter, forgetting accepted")
+                console.print(f"registered {version.ref}; promoted with --force (audited)")
 
 
 def write_tenants(path: Path) -> dict[str, str]:
@@ -177,7 +196,7 @@ def query(url: str, keys: dict[str, str], base_name: str, n: int = 3) -> Table:
         client = OpenAI(base_url=f"{url}/v1", api_key=keys[t.tenant], max_retries=0, timeout=300)
         for record in tasks.generate(t.task, n, seed=2026, duplicate_rate=0):
             messages, expected = record["messages"][:-1], record["messages"][-1]["content"]
-            answers = [client.chat.completions.create(model=model, messages=messages, max_tokens=64, temperature=0)
+            answers = [client.chat.completions.create(model=model, messages=messages, max_tokens=96, temperature=0)
                        .choices[0].message.content.strip() for model in (base_name, t.adapter)]
             shown = messages[-1]["content"].split("\n\n", 1)[-1]
             table.add_row(t.tenant, shown[:200], expected, *answers)

@@ -333,3 +333,11 @@ class Job:
                 if self.req.include_usage:
                     yield self._chunk(None, None, self._usage(ev), no_choices=True)
         yield "data: [DONE]\n\n"
+
+
+def openapi_schema() -> dict:
+    """The HTTP API's OpenAPI document (docs/openapi.json is this, kept current by a test). Request
+    bodies are validated by hand to give OpenAI-style errors, so they are documented in
+    docs/serving.md; this lists the routes, methods and summaries."""
+    return create_app(AppState(engine=None, tenants=None)).openapi()
+

@@ -52,7 +52,7 @@ class TrainConfig:
     resume: bool = False
     max_bad_steps: int = 5
     val_fraction: float = 0.05  # only for a single JSONL file; a curated dir brings its own val.jsonl
-    loss_chunk: int = 256  # positions per lm_head + cross-entropy chunk: [256, V] fp32 logits at a time
+    loss_chunk: int = 128  # positions per lm_head + cross-entropy chunk: [128, V] fp32 logits at a time (134 MB for Gemma)
     progress: bool = True
 
     def __post_init__(self) -> None:
