@@ -4,7 +4,6 @@ import concurrent.futures as cf
 import hashlib
 import json
 import sys
-import time
 from pathlib import Path
 
 import httpx

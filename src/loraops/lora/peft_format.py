@@ -18,7 +18,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from loraops.atomic import atomic_dir, replace_dir  # noqa: F401  (replace_dir re-exported for callers)
+from loraops.atomic import atomic_dir
 from loraops.errors import AdapterFormatError, UnsafeFileError
 from loraops.lora.adapter import Adapter, ModuleLoRA
 from loraops.lora.config import LoRAConfig
