@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from loraops.lora import lora_modules
+from loraops.lora.inject import set_submodule
 
 Progress = Callable[[int], None]  # called with the number of items just finished
 
@@ -79,11 +80,6 @@ def generate(model: nn.Module, tokenizer: Any, prompts: Sequence[str], max_new_t
     return outputs
 
 
-def _set_submodule(model: nn.Module, path: str, module: nn.Module) -> None:
-    parent, _, name = path.rpartition(".")
-    setattr(model.get_submodule(parent) if parent else model, name, module)
-
-
 @contextmanager
 def adapter_disabled(model: nn.Module, base_params: dict[str, torch.Tensor] | None = None) -> Iterator[nn.Module]:
     """Inside the block `model` is exactly its base: each LoRALinear is swapped for the module it
@@ -94,13 +90,13 @@ def adapter_disabled(model: nn.Module, base_params: dict[str, torch.Tensor] | No
     params = dict(model.named_parameters(remove_duplicate=False))
     swapped = {name: params[name].data for name in base_params or {}}
     for path, layer in layers.items():
-        _set_submodule(model, path, layer.base)
+        set_submodule(model, path, layer.base)
     for name, tensor in (base_params or {}).items():
         params[name].data = tensor
     try:
         yield model
     finally:
         for path, layer in layers.items():
-            _set_submodule(model, path, layer)
+            set_submodule(model, path, layer)
         for name, tensor in swapped.items():
             params[name].data = tensor

@@ -95,7 +95,7 @@ def inject(model: nn.Module, config: LoRAConfig) -> list[str]:
         rkey, akey = pattern_key(config.rank_pattern, path), pattern_key(config.alpha_pattern, path)
         r = config.rank_pattern[rkey] if rkey else config.r
         alpha = config.alpha_pattern[akey] if akey else config.alpha
-        _set_submodule(model, path, LoRALinear(base, r, config.scale(r, alpha), config.dropout,
+        set_submodule(model, path, LoRALinear(base, r, config.scale(r, alpha), config.dropout,
                                                config.use_dora, config.init))
     for name in saved_module_names(model, config):
         model.get_submodule(name).requires_grad_(True)
@@ -178,9 +178,10 @@ def remove(model: nn.Module, merge: bool = False) -> None:
     for path, layer in lora_modules(model).items():
         if merge:
             layer.merge_()
-        _set_submodule(model, path, layer.base)
+        set_submodule(model, path, layer.base)
 
 
-def _set_submodule(model: nn.Module, path: str, module: nn.Module) -> None:
+def set_submodule(model: nn.Module, path: str, module: nn.Module) -> None:
+    """Put `module` at `path` ("model.layers.0.self_attn.q_proj") in place of what is there."""
     parent, _, name = path.rpartition(".")
     setattr(model.get_submodule(parent) if parent else model, name, module)

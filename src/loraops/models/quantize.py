@@ -12,6 +12,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from loraops.lora.inject import set_submodule
+
 
 def quantize_activation_reference(x: torch.Tensor) -> torch.Tensor:
     """What fbgemm does to x before the int8 matmul (per-tensor, asymmetric, 7-bit range because of
@@ -81,9 +83,7 @@ def quantize_int8_(model: nn.Module, include_lm_head: bool = True) -> list[str]:
     for path, module in list(model.named_modules()):
         if not isinstance(module, nn.Linear) or (module is head and not include_lm_head):
             continue
-        parent_path, _, name = path.rpartition(".")
-        parent = model.get_submodule(parent_path) if parent_path else model
-        setattr(parent, name, Int8Linear(module))
+        set_submodule(model, path, Int8Linear(module))
         done.append(path)
     if head is not None and include_lm_head and hasattr(model.config, "tie_word_embeddings"):
         model.config.tie_word_embeddings = False  # the head is its own int8 copy now

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from loraops.lora import LoRAConfig, select_targets
+from loraops.lora.inject import set_submodule
 from loraops.lora.config import ALL_LINEAR
 from loraops.serve.lora_kernels import live_segments, lora_sgmv
 from loraops.serve.slots import SlotPool, SlotTensors
@@ -46,9 +47,7 @@ def install(model: nn.Module, max_slots: int, max_rank: int) -> tuple[SlotPool, 
     pool = SlotPool.for_model(model, paths, max_slots, max_rank)
     layers = []
     for path in paths:
-        parent, _, name = path.rpartition(".")
-        owner = model.get_submodule(parent) if parent else model
-        layer = MultiLoRALinear(getattr(owner, name), pool.tensors[path])
-        setattr(owner, name, layer)
+        layer = MultiLoRALinear(model.get_submodule(path), pool.tensors[path])
+        set_submodule(model, path, layer)
         layers.append(layer)
     return pool, layers
