@@ -5,7 +5,12 @@ with a KV cache, at batch 1 and batch 16. Prints tokens/s, peak RSS, the ratios,
 the int8 model's greedy tokens agree with fp32's (teacher-forced next-token agreement on the
 fp32 outputs, so one early difference does not hide the rest).
 
+With `--adapter DIR --data CURATED_DIR` the same run also evaluates the adapter's domain metric
+(`loraops.evals`, greedy on the first `--max-examples` of val.jsonl) with the base in fp32 and in
+int8, and prints both scores and the drop in points (the issue's target: at most 1).
+
     .venv/bin/python bench/quantize.py [--base gemma-3-270m] [--new-tokens 32] [--adapter DIR]
+                                       [--data CURATED_DIR] [--max-examples 16]
 """
 
 from __future__ import annotations
@@ -66,6 +71,19 @@ def _child(args) -> dict:
     return results
 
 
+def _domain_scores(args) -> dict:
+    """-> {"fp32": DomainScores, "int8": DomainScores} of the adapted model (general suite kept minimal:
+    it is not what this bench measures)."""
+    from loraops.evals import EvalConfig, evaluate
+
+    scores = {}
+    for quantize in (None, "int8"):
+        config = EvalConfig(data=args.data, max_examples=args.max_examples, batch_size=8, general_passages=1,
+                            general_tokens=16, questions_per_kind=1, quantize=quantize)
+        scores[quantize or "fp32"] = evaluate(args.base, args.adapter, config).domain_adapted
+    return scores
+
+
 def _run(variant: str, args, reference_tokens=None) -> dict:
     cmd = [sys.executable, __file__, "--child", "--variant", variant, "--base", args.base,
            "--new-tokens", str(args.new_tokens), "--threads", str(args.threads)]
@@ -83,6 +101,8 @@ def main() -> None:
     p.add_argument("--adapter", default=None)
     p.add_argument("--new-tokens", type=int, default=32)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--data", default=None, help="curated dir (val.jsonl): also score the adapter fp32 vs int8")
+    p.add_argument("--max-examples", type=int, default=16)
     p.add_argument("--child", action="store_true")
     p.add_argument("--variant", default="fp32")
     p.add_argument("--reference-tokens", default=None)
@@ -100,6 +120,13 @@ def main() -> None:
     for key in ("tokens_per_s_b1", "tokens_per_s_b16", "peak_rss_mb"):
         print(f"{key:24}{fp32[key]:12.1f}{int8[key]:12.1f}{int8[key] / fp32[key]:10.2f}")
     print(f"{'next_token_agreement':24}{1.0:12.3f}{int8['next_token_agreement']:12.3f}")
+    if args.adapter and args.data:
+        torch.set_num_threads(args.threads)
+        scores = _domain_scores(args)
+        a, b = scores["fp32"], scores["int8"]
+        drop = 100 * (a.primary_value - b.primary_value)  # points: the metric is a fraction in [0, 1]
+        print(f"{'domain ' + a.primary:24}{a.primary_value:12.3f}{b.primary_value:12.3f}"
+              f"{'drop ' + format(drop, '.1f') + ' pts':>16}   ({a.examples} examples of {args.data})")
 
 
 if __name__ == "__main__":

@@ -2,13 +2,16 @@
 
 A Poisson arrival trace (rate --rate requests/s) whose adapters follow a Zipf law (s = 1.1) over
 N adapters (--adapters 8,32,128; rank --rank on q_proj/v_proj). Each request has a prompt of
-20-60 tokens and generates exactly --max-new tokens (greedy, EOS ignored by construction: the
-bench counts tokens, not text). Three systems replay the same trace in real time:
+20-60 tokens and asks for a number of new tokens drawn uniformly from [--min-new, --max-new]; it
+gets exactly that many (greedy, EOS ignored: the bench counts tokens, not text). Three systems
+replay the same trace in real time:
 
   loraops          the serving engine (continuous batching, slot pool of --slots adapters)
   loraops-base     the same engine, every request on the bare base (the cost of LoRA)
+  loraops-int8     (--int8) the engine on an int8 base, LoRA in fp32 (`serve --quantize int8`)
   peft             PEFT with every adapter loaded; static batches of up to --batch arrived
-                   requests, one `generate(adapter_names=...)` per batch (left padding)
+                   requests, one `generate(adapter_names=...)` per batch (left padding); a batch
+                   runs until its longest request is done, and its requests answer when it ends
 
 Prints tokens/s, p50/p99 time-to-first-token and end-to-end latency, and ratios to PEFT.
 
@@ -34,8 +37,8 @@ FILLER = ("invoice INV-2024-0042 from Acme GmbH totals 1,234.50 EUR, due 2024-03
           "amount is wrong and asks for a corrected copy before the end of the month ")
 
 
-def trace(n_requests: int, n_adapters: int, rate: float, tokenizer, seed: int):
-    """-> [(arrival_s, adapter_index, prompt_ids)] with Poisson arrivals and Zipf adapter choice."""
+def trace(n_requests: int, n_adapters: int, rate: float, tokenizer, seed: int, min_new: int, max_new: int):
+    """-> [(arrival_s, adapter_index, prompt_ids, new_tokens)]: Poisson arrivals, Zipf adapter choice."""
     g = torch.Generator().manual_seed(seed)
     weights = torch.tensor([1.0 / (k + 1) ** 1.1 for k in range(n_adapters)])
     t, out = 0.0, []
@@ -44,7 +47,8 @@ def trace(n_requests: int, n_adapters: int, rate: float, tokenizer, seed: int):
         adapter = int(torch.multinomial(weights, 1, generator=g))
         words = int(torch.randint(10, 40, (1,), generator=g))
         text = PROMPTS[i % len(PROMPTS)] + " ".join(FILLER.split()[:words])
-        out.append((t, adapter, tokenizer(text)["input_ids"]))
+        new = int(torch.randint(min_new, max_new + 1, (1,), generator=g))
+        out.append((t, adapter, tokenizer(text)["input_ids"], new))
     return out
 
 
@@ -70,15 +74,19 @@ def summarise(name: str, arrivals, first, done, tokens: int, wall: float) -> dic
             "lat50": statistics.median(lat), "lat99": q(lat, 0.99)}
 
 
-def run_loraops(base, paths, tr, max_new: int, slots: int, batch: int, base_only: bool) -> dict:
+def run_loraops(base, paths, tr, slots: int, batch: int, base_only: bool, int8: bool = False) -> dict:
     from loraops.models import LoadedBase
     from loraops.serve.engine import DoneEvent, Engine, EngineConfig, TokenEvent
     from loraops.serve.sampling import SamplingParams
 
     loaded = LoadedBase(copy.deepcopy(base.model), base.tokenizer, base.info)
+    if int8:
+        from loraops.models.quantize import quantize_int8_
+
+        quantize_int8_(loaded.model)
     engine = Engine(loaded, EngineConfig(max_slots=slots, max_rank=16, max_batch=batch, max_kv_tokens=16384,
-                                         max_queue=10_000, max_tokens_cap=max_new))
-    engine.eos_ids = set()                                     # exactly max_new tokens per request
+                                         max_queue=10_000, max_tokens_cap=max(r[3] for r in tr)))
+    engine.eos_ids = set()                                     # exactly the asked-for tokens per request
     names = [] if base_only else [engine.add_adapter(f"ad{i}", p).model_id for i, p in enumerate(paths)]
     engine.start()
     n = len(tr)
@@ -94,22 +102,38 @@ def run_loraops(base, paths, tr, max_new: int, slots: int, batch: int, base_only
                 finished.release()
         return sink
     t0 = time.perf_counter()
-    for i, (at, ad, ids) in enumerate(tr):
+    for i, (at, ad, ids, new) in enumerate(tr):
         time.sleep(max(0.0, t0 + at - time.perf_counter()))
         engine.submit("bench", base.info.name if base_only else names[ad], ids,
-                      SamplingParams(max_new, temperature=0.0), sink_for(i))
+                      SamplingParams(new, temperature=0.0), sink_for(i))
     for _ in range(n):
         finished.acquire()
     wall = time.perf_counter() - t0
     stats = engine.pool.stats
     engine.stop()
-    arrivals = [t0 + at for at, _, _ in tr]
-    out = summarise("loraops-base" if base_only else "loraops", arrivals, first, done, n * max_new, wall)
+    loads = [] if base_only else cold_loads(engine, paths)
+    arrivals = [t0 + at for at, *_ in tr]
+    name = "loraops-base" if base_only else "loraops-int8" if int8 else "loraops"
+    out = summarise(name, arrivals, first, done, sum(r[3] for r in tr), wall)
     out["slots"] = f"hits {stats.hits} misses {stats.misses} evictions {stats.evictions}"
+    if loads:
+        out["slots"] += f"; cold load p50 {statistics.median(loads) * 1e3:.1f} ms, max {max(loads) * 1e3:.1f} ms"
     return out
 
 
-def run_peft(base, paths, tr, max_new: int, batch: int) -> dict:
+def cold_loads(engine, paths) -> list[float]:
+    """Seconds to bring each adapter from disk into a slot: read + verify + check against the base
+    and pool + copy into the stacked tensors (evicting the least recently used slot when full) —
+    what a miss costs, measured on the engine after its run (nothing else running)."""
+    out = []
+    for i, path in enumerate(paths):
+        t0 = time.perf_counter()
+        engine.pool.load(f"cold-{i}", engine.read_checked(path))
+        out.append(time.perf_counter() - t0)
+    return out
+
+
+def run_peft(base, paths, tr, batch: int) -> dict:
     from peft import PeftModel
     from transformers import LogitsProcessor, LogitsProcessorList
 
@@ -130,7 +154,7 @@ def run_peft(base, paths, tr, max_new: int, batch: int) -> dict:
     n = len(tr)
     first, done = [0.0] * n, [0.0] * n
     t0 = time.perf_counter()
-    arrivals = [t0 + at for at, _, _ in tr]
+    arrivals = [t0 + at for at, *_ in tr]
     i = 0
     while i < n:
         time.sleep(max(0.0, arrivals[i] - time.perf_counter()))
@@ -139,6 +163,7 @@ def run_peft(base, paths, tr, max_new: int, batch: int) -> dict:
         while j < n and j - i < batch and arrivals[j] <= now:
             j += 1
         ids = [tr[k][2] for k in range(i, j)]
+        max_new = max(tr[k][3] for k in range(i, j))      # a static batch runs until its longest request ends
         width = max(map(len, ids))
         input_ids = torch.tensor([[tok.pad_token_id] * (width - len(x)) + x for x in ids])
         mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in ids])
@@ -152,7 +177,7 @@ def run_peft(base, paths, tr, max_new: int, batch: int) -> dict:
             first[k], done[k] = ft.at, end
         i = j
     wall = time.perf_counter() - t0
-    return summarise("peft", arrivals, first, done, n * max_new, wall)
+    return summarise("peft", arrivals, first, done, sum(r[3] for r in tr), wall)
 
 
 def main() -> None:
@@ -161,11 +186,13 @@ def main() -> None:
     p.add_argument("--adapters", default="8,32,128")
     p.add_argument("--requests", type=int, default=32)
     p.add_argument("--rate", type=float, default=4.0)
-    p.add_argument("--max-new", type=int, default=32)
+    p.add_argument("--min-new", type=int, default=8)
+    p.add_argument("--max-new", type=int, default=128)
     p.add_argument("--rank", type=int, default=8)
     p.add_argument("--slots", type=int, default=32)
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--int8", action="store_true", help="also run loraops on an int8 base (serve --quantize int8)")
     p.add_argument("--threads", type=int, default=1, help="torch threads for every system (1: best on a busy CPU)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -173,17 +200,19 @@ def main() -> None:
 
     base = load_base(args.base)
     print(f"# {platform.machine()} {torch.get_num_threads()} threads, torch {torch.__version__}, base {args.base}, "
-          f"{args.requests} requests at {args.rate}/s, {args.max_new} new tokens, rank {args.rank} q/v, "
+          f"{args.requests} requests at {args.rate}/s, {args.min_new}-{args.max_new} new tokens, rank {args.rank} q/v, "
           f"batch {args.batch}, slots {args.slots}")
     print(f"{'adapters':>8} {'system':>13} {'tok/s':>7} {'TTFT p50':>9} {'p99':>7} {'lat p50':>8} {'p99':>7}"
           f" {'tok/s vs peft':>13}")
     for n in [int(x) for x in args.adapters.split(",")]:
         with tempfile.TemporaryDirectory() as d:
             paths = make_adapters(base.model, n, args.rank, Path(d))
-            tr = trace(args.requests, n, args.rate, base.tokenizer, args.seed)
-            rows = [run_loraops(base, paths, tr, args.max_new, min(args.slots, n), args.batch, False),
-                    run_loraops(base, paths, tr, args.max_new, min(args.slots, n), args.batch, True),
-                    run_peft(base, paths, tr, args.max_new, args.batch)]
+            tr = trace(args.requests, n, args.rate, base.tokenizer, args.seed, args.min_new, args.max_new)
+            rows = [run_loraops(base, paths, tr, min(args.slots, n), args.batch, False),
+                    run_loraops(base, paths, tr, min(args.slots, n), args.batch, True),
+                    run_peft(base, paths, tr, args.batch)]
+            if args.int8:
+                rows.insert(2, run_loraops(base, paths, tr, min(args.slots, n), args.batch, False, int8=True))
         peft = rows[-1]["tok_s"]
         for r in rows:
             print(f"{n:>8} {r['name']:>13} {r['tok_s']:>7.1f} {r['ttft50']:>8.2f}s {r['ttft99']:>6.2f}s "

@@ -115,6 +115,11 @@ def train_cmd(
     seed: int = typer.Option(0, help="Seed for the LoRA init, data order, dropout and the val split."),
     precision: str = typer.Option("fp32", help="fp32 | bf16 (autocast)."),
     grad_checkpointing: bool = typer.Option(False, "--grad-checkpointing", help="Recompute activations in backward."),
+    quantize: Optional[str] = typer.Option(None, "--quantize",
+                                           help="int8: train over a frozen int8 base (QLoRA-style; LoRA, embeddings "
+                                                "and LM head stay fp32). The adapter is for the fp32 base."),
+    replay: int = typer.Option(0, help="General-text passages (stdlib docstrings) mixed into the training set "
+                                       "to limit forgetting; 0: none."),
     save_every: int = typer.Option(100, help="Checkpoint every N steps."),
     keep_checkpoints: int = typer.Option(2, help="Checkpoints kept (newest)."),
     eval_every: int = typer.Option(100, help="Validation loss every N steps."),
@@ -132,7 +137,7 @@ def train_cmd(
                       targets=targets, use_dora=use_dora, use_rslora=use_rslora, max_steps=max_steps,
                       epochs=epochs, batch_size=batch_size, grad_accum=grad_accum, seq_len=seq_len, lr=lr,
                       warmup_steps=warmup_steps, weight_decay=weight_decay, max_grad_norm=max_grad_norm,
-                      seed=seed, precision=precision, grad_checkpointing=grad_checkpointing,
+                      seed=seed, precision=precision, grad_checkpointing=grad_checkpointing, quantize=quantize, replay=replay,
                       save_every=save_every, keep_checkpoints=keep_checkpoints, eval_every=eval_every,
                       resume=resume, max_bad_steps=max_bad_steps, val_fraction=val_fraction, progress=progress)
     result = run(cfg)

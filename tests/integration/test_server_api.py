@@ -321,3 +321,38 @@ def test_invalid_response_format_is_a_400(env):
                                                                "json_schema": {"schema": {"type": "nope"}}}})
     assert_openai_error(r, 400)
     assert r.json()["error"]["param"] == "response_format"
+
+
+# ---- per-request composition --------------------------------------------------------------------
+
+
+def test_a_composition_of_own_adapters_is_served(env):
+    c = client(env, ACME)
+
+    def text(model):
+        return c.completions.create(model=model, prompt="Invoice number", max_tokens=10, temperature=0).choices[0].text
+    r = c.completions.create(model="a:0.7+b:0.3", prompt="Invoice number", max_tokens=10, temperature=0)
+    assert r.model == "a:0.7+b:0.3" and r.usage.completion_tokens >= 1
+    assert text("a:1+b:0") == text("a")                              # weight 0 adds exactly nothing
+    assert sorted(m.id for m in c.models.list()) == ["a", "b"]       # compositions are not models
+    metrics = httpx.get(env["url"] + "/metrics", timeout=10).text
+    assert 'loraops_requests_total{model="a+b",status="200",tenant="acme"}' in metrics
+
+
+def test_a_composition_with_another_tenants_adapter_looks_like_a_missing_one(env):
+    theirs = post(env, "/v1/completions", {"model": "a:0.5+c:0.5", "prompt": "x"})
+    missing = post(env, "/v1/completions", {"model": "a:0.5+zzz:0.5", "prompt": "x"})
+    assert theirs.status_code == missing.status_code == 404
+    assert theirs.json() == {"error": {**missing.json()["error"], "message": missing.json()["error"]["message"]
+                                       .replace("zzz", "c")}}
+    with pytest.raises(openai.NotFoundError):
+        client(env, ACME).completions.create(model="b:1+c:1", prompt="x")
+
+
+@pytest.mark.parametrize("model", ["a:0.5+b", "a:9+b:1", "a:0.5+a:0.5", "a:nan+b:1", "a:1+b:1+a@2:1+b@3:1+c:1"])
+def test_a_malformed_composition_is_a_400(env, model):
+    r = post(env, "/v1/completions", {"model": model, "prompt": "x"})
+    assert_openai_error(r, 400)
+    assert r.json()["error"]["param"] == "model"
+    with pytest.raises(openai.BadRequestError):
+        client(env, ACME).completions.create(model=model, prompt="x")

@@ -4,6 +4,15 @@ generate data -> curate (report) -> train one adapter per tenant -> evaluate aga
 (domain gain + forgetting) -> register, gate and promote -> serve with a tenants file -> query
 each adapter with the official `openai` client, before (base) and after (adapter) -> leave the
 server and dashboard running until Ctrl-C.
+
+Stopping: the server is a child process in the demo's process group, so a Ctrl-C in the terminal
+reaches both. Ctrl-C (SIGINT), SIGTERM or SIGHUP while the server runs prints "stopping the server",
+stops it (SIGTERM: a graceful uvicorn shutdown, then the engine; SIGKILL after 15 s), waits for it
+and exits with code 0: that is the normal way to leave a finished demo. An interrupt before the
+demo finished (while the server starts or is queried) stops the server too, then exits with 130, as
+an interrupt in the earlier steps does. A second Ctrl-C while stopping kills the server at once.
+Everything the demo made stays in the workdir (data, runs, registry, tenants file); a rerun reuses
+the trained adapters.
 """
 
 from __future__ import annotations
@@ -15,7 +24,9 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +35,7 @@ from rich.table import Table
 
 from loraops.atomic import write_text
 from loraops.demo import tasks
+from loraops.errors import LoraOpsError
 
 console = Console()
 
@@ -49,8 +61,14 @@ class DemoOptions:
     steps: int = 32
     batch_size: int = 2
     seq_len: int = 320
-    rank: int = 16
-    lr: float = 2e-3
+    # A recipe that passes the promotion gate (forgetting <= 0.10) instead of overriding it: rank 8 on
+    # q/v at a gentle lr, plus general-text replay (half as many passages as task examples). Measured
+    # on Gemma 3 270M (docs/benchmarks.md): r16 q/k/v/o at 2e-3 forgot 0.86/1.51; r8 q/v at 1e-3
+    # 0.50/0.33; with replay 0.22/0.33; at 3e-4 with replay 0.06/0.00, still +0.85 field accuracy.
+    rank: int = 8
+    targets: str = "q_proj,v_proj"
+    lr: float = 3e-4
+    replay_ratio: float = 0.5
     eval_examples: int = 16
     port: int = 8000
     serve: bool = True  # False: stop after the queries (tests, CI)
@@ -96,9 +114,11 @@ def train_adapters(opts: DemoOptions, data: dict[str, Path]) -> dict[str, Path]:
     out = {}
     for t in TENANTS:
         run_dir = opts.workdir / "runs" / t.adapter
+        examples = sum(1 for line in (data[t.adapter] / "train.jsonl").open() if line.strip())
         config = TrainConfig(base=opts.base, data=str(data[t.adapter]), out=str(run_dir), rank=opts.rank,
-                             alpha=2 * opts.rank, targets="q_proj,k_proj,v_proj,o_proj", max_steps=opts.steps,
+                             alpha=2 * opts.rank, targets=opts.targets, max_steps=opts.steps,
                              batch_size=opts.batch_size, seq_len=opts.seq_len, lr=opts.lr, warmup_steps=5,
+                             replay=round(opts.replay_ratio * examples),
                              save_every=max(opts.steps // 2, 1), eval_every=max(opts.steps // 3, 1), seed=0)
         meta_file = run_dir / "adapter" / "loraops.json"
         if meta_file.exists() and json.loads(meta_file.read_text()).get("hyperparameters") == config.to_dict():
@@ -162,27 +182,53 @@ def write_tenants(path: Path) -> dict[str, str]:
     return keys
 
 
+def stop_server(proc: subprocess.Popen, timeout: float = 15) -> None:
+    """SIGTERM (the server shuts down gracefully), SIGKILL after `timeout` s; always reaps it.
+    In a terminal the server usually has the same Ctrl-C already: SIGTERM on top of it is harmless.
+    A Ctrl-C while waiting kills it at once (and is re-raised)."""
+    if proc.poll() is not None:
+        return
+    try:
+        proc.terminate()
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    except KeyboardInterrupt:
+        proc.kill()
+        proc.wait()
+        raise
+
+
 def start_server(opts: DemoOptions, tenants_file: Path, admin_key: str) -> tuple[subprocess.Popen, str]:
+    """-> (the server process, its URL) once /ready answers. On any failure or interrupt the server is
+    stopped before the exception leaves."""
     port = _free_port(opts.port)
     env = {**os.environ, "LORAOPS_ADMIN_KEY": admin_key}
     proc = subprocess.Popen([sys.executable, "-m", "loraops", "serve", "--base", opts.base, "--registry",
                              "--tenants", str(tenants_file),
                              "--host", "127.0.0.1", "--port", str(port)], env=env)
     url = f"http://127.0.0.1:{port}"
-    import httpx
+    try:
+        import httpx
 
-    deadline = time.time() + 300
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"the server exited with code {proc.returncode}")
-        try:
-            if httpx.get(f"{url}/ready", timeout=2).status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
-            pass
-        time.sleep(1)
-    proc.terminate()
-    raise RuntimeError("the server did not become ready within 5 minutes")
+        deadline = time.time() + 300
+        while time.time() < deadline:
+            if proc.poll() is not None:
+                raise LoraOpsError(f"the demo server exited with code {proc.returncode} before it was ready "
+                                   "(its log is above)")
+            try:
+                if httpx.get(f"{url}/ready", timeout=2).status_code == 200:
+                    return proc, url
+            except httpx.HTTPError:
+                pass
+            time.sleep(1)
+        raise LoraOpsError("the demo server did not become ready within 5 minutes")
+    except BaseException as e:
+        if isinstance(e, KeyboardInterrupt):
+            console.print("stopping the server")
+        stop_server(proc)
+        raise
 
 
 def query(url: str, keys: dict[str, str], base_name: str, n: int = 3) -> Table:
@@ -228,10 +274,17 @@ def run(opts: DemoOptions) -> None:
     _step("6/6 serve both tenants from one base")
     keys = write_tenants(opts.workdir / "tenants.toml")
     admin_key = f"sk-admin-{secrets.token_urlsafe(12)}"
+    with _stop_signals_interrupt():
+        _serve(opts, keys, admin_key, base_info.name, t0)
+
+
+def _serve(opts: DemoOptions, keys: dict[str, str], admin_key: str, base_name: str, t0: float) -> None:
     proc, url = start_server(opts, opts.workdir / "tenants.toml", admin_key)
+    finished = False
     try:
-        console.print(query(url, keys, base_info.name))
+        console.print(query(url, keys, base_name))
         console.print(f"[green]demo finished in {(time.time() - t0) / 60:.1f} min[/]")
+        finished = True
         if not opts.serve:
             return
         console.print(f"\nserver: {url}/v1   dashboard: {url}/ui (admin key {admin_key})")
@@ -239,13 +292,28 @@ def run(opts: DemoOptions) -> None:
             console.print(f"  tenant {tenant}: api key {key}")
         console.print(f'  try: curl {url}/v1/models -H "Authorization: Bearer {keys["acme"]}"')
         console.print("Ctrl-C stops the server.")
-        proc.wait()
+        code = proc.wait()
+        raise LoraOpsError(f"the demo server exited by itself with code {code} (its log is above)")
     except KeyboardInterrupt:
         console.print("stopping the server")
+        stop_server(proc)
+        console.print(f"server stopped; the demo's files stay in {opts.workdir}")
+        if not finished:
+            raise  # interrupted before the end: the CLI exits with 130
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        stop_server(proc)
+
+
+@contextmanager
+def _stop_signals_interrupt():
+    """While the server child runs, SIGTERM and SIGHUP stop the demo like Ctrl-C (a KeyboardInterrupt), so
+    the server is stopped too instead of being left behind. Main thread only (tests may run elsewhere)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.signal(sig, signal.default_int_handler) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)

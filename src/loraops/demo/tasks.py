@@ -81,6 +81,21 @@ def invoice_example(rng: random.Random) -> dict:
                          {"role": "assistant", "content": json.dumps(answer)}]}
 
 
+_ISO_DATE = {"type": "string", "pattern": "^[0-9]{4}-[0-9]{2}-[0-9]{2}$"}
+
+
+def invoice_json_schema() -> dict:
+    """The JSON schema of `invoice_example`'s answer: its keys in its order, all required (due_date
+    may be null), nothing else. String lengths are capped so a constrained decoder always ends."""
+    text = {"type": "string", "minLength": 1, "maxLength": 64}
+    return {"type": "object",
+            "properties": {"vendor": text, "invoice_number": text, "date": _ISO_DATE,
+                           "due_date": {"anyOf": [_ISO_DATE, {"type": "null"}]},
+                           "total": {"type": "number"}, "currency": {"enum": [c for c, _, _ in _CURRENCIES]}},
+            "required": ["vendor", "invoice_number", "date", "due_date", "total", "currency"],
+            "additionalProperties": False}
+
+
 _TICKETS = {
     "billing": ["I was charged twice for my subscription this month.", "My invoice shows the wrong VAT number.",
                 "Can I get a refund for the unused months?", "The payment failed but money left my account."],

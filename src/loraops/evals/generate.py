@@ -51,11 +51,16 @@ def left_pad(rows: Sequence[list[int]], pad: int) -> tuple[torch.Tensor, torch.T
 
 @torch.no_grad()
 def generate(model: nn.Module, tokenizer: Any, prompts: Sequence[str], max_new_tokens: int, batch_size: int = 8,
-             max_prompt_tokens: int | None = None, on_batch: Progress | None = None) -> list[str]:
+             max_prompt_tokens: int | None = None, on_batch: Progress | None = None,
+             grammar: Any | None = None) -> list[str]:
     """Greedy completions of `prompts`, in order. Prompts are batched by length (fewer pads, and the
     batching does not depend on the order they came in); a prompt longer than `max_prompt_tokens`
-    keeps its last tokens after BOS, as the trainer truncates."""
-    from transformers import GenerationConfig
+    keeps its last tokens after BOS, as the trainer truncates. With `grammar` (a compiled JSON schema,
+    `constrained.compile_schema`) every row is decoded under it: its JSON may only be cut short by
+    `max_new_tokens`."""
+    from transformers import GenerationConfig, LogitsProcessorList
+
+    from loraops.evals.constrained import SchemaLogits
 
     stops = stop_ids(model, tokenizer)
     pad = pad_id(tokenizer)
@@ -71,7 +76,13 @@ def generate(model: nn.Module, tokenizer: Any, prompts: Sequence[str], max_new_t
     for start in range(0, len(order), batch_size):
         idx = order[start:start + batch_size]
         ids, mask = left_pad([encoded[i] for i in idx], pad)
-        out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=config)
+        processors = LogitsProcessorList()
+        if grammar is not None:
+            # one fresh grammar state per row of this batch; logits are [rows, config.vocab_size]
+            processors.append(SchemaLogits(grammar, tokenizer, model.config.vocab_size, len(idx), ids.shape[1],
+                                           stops))
+        out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=config,
+                             logits_processor=processors)
         for row, i in zip(out[:, ids.shape[1]:].tolist(), idx):  # new tokens only
             cut = next((k for k, t in enumerate(row) if t in stops), len(row))
             outputs[i] = tokenizer.decode(row[:cut], skip_special_tokens=True)

@@ -123,15 +123,41 @@ def _leaves(value: Any) -> list[Any]:
     return [value]
 
 
+_MONTHS = ["january", "february", "march", "april", "may", "june", "july", "august", "september", "october",
+           "november", "december"]
+_ISO_DATE_RE = re.compile(r"^(\d{4})-(\d{2})-(\d{2})$")
+# Extraction tasks normalise what they copy: a currency code stands for its symbol in the text.
+_CURRENCY_SYMBOLS = {"USD": ("$", "us$", "dollar"), "EUR": ("€", "euro"), "GBP": ("£", "pound"),
+                     "JPY": ("¥", "yen"), "CHF": ("fr.", "franc"), "INR": ("₹", "rupee")}
+
+
+def _date_spellings(y: int, m: int, d: int) -> list[str]:
+    """The common ways to write one date (ISO, European, US, long forms), case-folded."""
+    month = _MONTHS[m - 1]
+    return [f"{y:04d}-{m:02d}-{d:02d}", f"{d:02d}.{m:02d}.{y}", f"{d}.{m}.{y}", f"{d:02d}/{m:02d}/{y}",
+            f"{m:02d}/{d:02d}/{y}", f"{m}/{d}/{y}", f"{d}/{m}/{y}", f"{month} {d}, {y}", f"{month} {d} {y}",
+            f"{d} {month} {y}", f"{month[:3]} {d}, {y}", f"{d} {month[:3]} {y}"]
+
+
 def is_supported(value: Any, source: str) -> bool:
-    """Does `value` occur in `source`? Strings: case-folded, whitespace-collapsed substring; numbers
-    (and numeric strings): some number written in `source` is numerically equal, so 1234.56 is
-    supported by "1,234.56" but 23 is not supported by "1,234"."""
+    """Does `value` occur in `source`, as written or in a form an extraction normalises it to?
+    Numbers (and numeric strings): some number written in `source` is numerically equal, so 1234.56
+    is supported by "1,234.56" but 23 is not by "1,234". ISO dates: the date written in any common
+    spelling ("2024-09-11" by "11.09.2024" or "September 11, 2024"). Currency codes: the code or its
+    symbol ("USD" by "$"). Other strings: case-folded, whitespace-collapsed substring."""
+    text = _collapse(source)
+    if isinstance(value, str) and (iso := _ISO_DATE_RE.match(value.strip())):
+        y, m, d = map(int, iso.groups())
+        if 1 <= m <= 12 and 1 <= d <= 31:
+            return any(spelling in text for spelling in _date_spellings(y, m, d))
     number = parse_number(value)
     if number is not None:
         return any(math.isclose(float(m.replace(",", "")), abs(number), rel_tol=1e-9, abs_tol=1e-9)
                    for m in _NUMBER_RE.findall(source))
-    return _collapse(str(value)) in _collapse(source)
+    value_text = _collapse(str(value))
+    if value_text.upper() in _CURRENCY_SYMBOLS and any(sym in text for sym in _CURRENCY_SYMBOLS[value_text.upper()]):
+        return True
+    return value_text in text
 
 
 def hallucinated_fields(prediction: str, source: str) -> tuple[int, int]:

@@ -17,6 +17,7 @@ from typing import Any, Callable, Iterator
 import torch
 
 from loraops.errors import AdapterFormatError, ConfigError, InvalidNameError, NotFoundError
+from loraops.evals.constrained import compile_schema, schema_digest
 from loraops.evals.domain import auto_max_new_tokens, data_file, examples_digest, load_examples, trainer_split
 from loraops.evals.forgetting import Forgetting, forgetting_score
 from loraops.evals.general import (GeneralScores, corpus_passages, corpus_scores, general_questions, qa_scores,
@@ -26,12 +27,18 @@ from loraops.evals.metrics import DomainScores, score_domain
 
 SCHEMA = 1
 EVAL_FILE = "eval.json"
+QUANTIZE = (None, "int8")
 
 
 @dataclass(frozen=True)
 class EvalConfig:
     """What to evaluate and how much of it. `max_new_tokens=None` sizes generation from the data
-    (longest reference + 8, at most 256)."""
+    (longest reference + 8, at most 256).
+
+    `quantize="int8"` evaluates with the base's linears in int8 (`models.quantize`; the adapter stays
+    fp32 on top), as a CPU deployment would serve it. `json_schema` decodes every domain answer under
+    that schema (`constrained`), as `response_format` json_schema does in the server. Both are off by
+    default, and both are recorded in the report's `comparable`."""
 
     data: str | Path | None = None
     max_examples: int | None = 200
@@ -42,6 +49,8 @@ class EvalConfig:
     questions_per_kind: int = 10
     force: bool = False  # evaluate an adapter bound to another base anyway
     progress: bool = False
+    quantize: str | None = None  # None (as loaded) or "int8"
+    json_schema: dict | None = None  # constrained decoding of the domain answers
 
     def __post_init__(self) -> None:
         for name in ("max_examples", "batch_size", "max_new_tokens", "general_passages", "general_tokens",
@@ -49,6 +58,10 @@ class EvalConfig:
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
                 raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+        if self.quantize not in QUANTIZE:
+            raise ConfigError(f"quantize must be one of {', '.join(map(str, QUANTIZE))}, got {self.quantize!r}")
+        if self.json_schema is not None and not isinstance(self.json_schema, dict):
+            raise ConfigError(f"json_schema must be a JSON schema object, got {type(self.json_schema).__name__}")
 
 
 @dataclass
@@ -135,9 +148,15 @@ def evaluate(base: str, adapter: str | Path, config: EvalConfig = EvalConfig(),
 
     if config.data is not None:
         data_file(config.data)  # fail on a missing file before the minutes of loading a model
+    grammar = compile_schema(config.json_schema) if config.json_schema is not None else None
     adapter_obj = read_adapter(adapter)
     loaded = load_base(base, progress=config.progress)
     model, tokenizer = loaded.model, loaded.tokenizer
+    if config.quantize == "int8":
+        from loraops.models.quantize import quantize_int8_
+
+        # Before the adapter goes on: only base linears become int8, LoRA wraps them in fp32.
+        quantize_int8_(model)
     params = dict(model.named_parameters())
     base_params = {k: params[k].detach().clone() for k in adapter_obj.saved_modules if k in params}
     load_adapter_onto(model, loaded.info, adapter_obj, force=config.force)
@@ -163,9 +182,10 @@ def evaluate(base: str, adapter: str | Path, config: EvalConfig = EvalConfig(),
             prompts = [e.prompt for e in examples]
             refs = [e.reference for e in examples]
             with bar.phase("domain: base", len(prompts)) as tick, base_mode():
-                base_out = generate(model, tokenizer, prompts, max_new, config.batch_size, max_prompt, tick)
+                base_out = generate(model, tokenizer, prompts, max_new, config.batch_size, max_prompt, tick, grammar)
             with bar.phase("domain: adapted", len(prompts)) as tick:
-                adapted_out = generate(model, tokenizer, prompts, max_new, config.batch_size, max_prompt, tick)
+                adapted_out = generate(model, tokenizer, prompts, max_new, config.batch_size, max_prompt, tick,
+                                       grammar)
             domain_base = score_domain(prompts, base_out, refs)
             domain_adapted = score_domain(prompts, adapted_out, refs)
             samples = [{"prompt": p, "reference": r, "base": b, "adapted": a}
@@ -183,6 +203,11 @@ def evaluate(base: str, adapter: str | Path, config: EvalConfig = EvalConfig(),
     comparable = {"base_fingerprint": loaded.info.fingerprint, "general_suite": general.corpus_digest,
                   "data_digest": examples_digest(examples) if examples else None, "examples": len(examples),
                   "max_new_tokens": max_new}
+    # Only when set: reports from before these options stay comparable to plain ones.
+    if config.quantize is not None:
+        comparable["quantize"] = config.quantize
+    if config.json_schema is not None:
+        comparable["json_schema"] = schema_digest(config.json_schema)
     return EvalReport(label or str(adapter), {"name": loaded.info.name, "fingerprint": loaded.info.fingerprint},
                       comparable, general, forgetting_score(ppl_base, ppl_adapted, kl, acc_base, acc_adapted),
                       domain_base, domain_adapted, samples)

@@ -4,12 +4,14 @@ We measured the CPU options torch 2.13 offers (bench/quantize.py, docs/benchmark
 dynamic int8 linear beat weight-only `_weight_int8pack_mm` with fp32 activations by 4-14x and
 fp32 by 2-7x on the shapes of Gemma 3 270M, so that is the kernel. LoRA stays in fp32 on top
 (LoRALinear wraps an Int8Linear like any Linear). Backward through the frozen int8 base uses the
-weights dequantized on the fly, which is what QLoRA-style training needs: only the input grad.
+weights dequantized on the fly, which is what QLoRA-style training needs: only the input grad
+(`loraops train --quantize int8`, docs/training.md).
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from loraops.lora.inject import set_submodule
@@ -32,11 +34,15 @@ def int8_linear_reference(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor,
 
 
 class _Int8Matmul(torch.autograd.Function):
-    """Forward with the fbgemm kernel; backward gives the input grad from dequantized weights."""
+    """Forward with the fbgemm kernel (or, weight_only, fp32 x @ dequantized Wᵀ); backward gives the
+    input grad from dequantized weights. A Function rather than F.linear so that no layer's fp32
+    weight is kept for backward: it is dequantized again there, one layer at a time."""
 
     @staticmethod
     def forward(ctx, x, layer):
         ctx.layer = layer
+        if layer.weight_only:
+            return F.linear(x.float(), layer.dequantize_weight(), layer.bias)  # [..., in] -> [..., out]
         return torch.ops.quantized.linear_dynamic(x.float().contiguous(), layer._packed, True)
 
     @staticmethod
@@ -46,10 +52,13 @@ class _Int8Matmul(torch.autograd.Function):
 
 class Int8Linear(nn.Module):
     """A frozen nn.Linear with int8 weights (symmetric, per output channel), held only in fbgemm's
-    packed form: one byte per weight, no second copy."""
+    packed form: one byte per weight, no second copy. weight_only: fp32 activations times the weight
+    dequantized on the fly instead of fbgemm's W8A8 kernel, for training: Gemma's activations lose
+    too much to the kernel's 7-bit per-tensor rounding (docs/training.md)."""
 
-    def __init__(self, linear: nn.Linear):
+    def __init__(self, linear: nn.Linear, weight_only: bool = False):
         super().__init__()
+        self.weight_only = weight_only
         self.in_features, self.out_features = linear.in_features, linear.out_features
         w = linear.weight.detach().float()
         scale = (w.abs().amax(dim=1) / 127).clamp(min=1e-12)
@@ -72,10 +81,10 @@ class Int8Linear(nn.Module):
         return _Int8Matmul.apply(x, self).to(x.dtype)
 
     def extra_repr(self) -> str:
-        return f"in={self.in_features}, out={self.out_features}, int8"
+        return f"in={self.in_features}, out={self.out_features}, int8{' weight-only' if self.weight_only else ''}"
 
 
-def quantize_int8_(model: nn.Module, include_lm_head: bool = True) -> list[str]:
+def quantize_int8_(model: nn.Module, include_lm_head: bool = True, weight_only: bool = False) -> list[str]:
     """Replace every nn.Linear (also inside LoRALinear wrappers) by an Int8Linear, in place.
     Returns the quantized module paths. The LM head is usually the largest matrix (Gemma: 262k × 640)."""
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
@@ -83,7 +92,7 @@ def quantize_int8_(model: nn.Module, include_lm_head: bool = True) -> list[str]:
     for path, module in list(model.named_modules()):
         if not isinstance(module, nn.Linear) or (module is head and not include_lm_head):
             continue
-        set_submodule(model, path, Int8Linear(module))
+        set_submodule(model, path, Int8Linear(module, weight_only))
         done.append(path)
     if head is not None and include_lm_head and hasattr(model.config, "tie_word_embeddings"):
         model.config.tie_word_embeddings = False  # the head is its own int8 copy now

@@ -2,8 +2,8 @@
 
 Every error is an OpenAI error body {"error": {"message", "type", "code", "param"}} with the
 status of its ServeError class (errors.py). Order of checks per request: key (401) -> body (400)
--> model visible to this tenant (404, identical for "exists but not yours") -> lengths (400) ->
-tenant limits (429) -> engine queue (503) -> generation.
+-> model visible to this tenant (404, identical for "exists but not yours"; for a composition
+"a:0.7+b:0.3", every part) -> lengths (400) -> tenant limits (429) -> engine queue (503) -> generation.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import logging
 import math
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from fastapi import FastAPI, Request
@@ -23,7 +24,8 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from loraops.errors import LoraOpsError
-from loraops.serve.engine import DoneEvent, Engine, ErrorEvent, TokenEvent, check_model_id
+from loraops.serve.engine import (DoneEvent, Engine, ErrorEvent, TokenEvent, check_model_id, model_label,
+                                   parse_model)
 from loraops.serve.errors import AuthError, BadRequestError, ModelNotFoundError, ServeError
 from loraops.serve.grammar import InvalidResponseFormatError, RowConstraint, compile_grammar
 from loraops.serve.limits import Limiter
@@ -41,6 +43,9 @@ class AppState:
     admin_key: str | None = None
     metrics: ServeMetrics = field(default_factory=ServeMetrics)
     limiter: Limiter = field(default_factory=Limiter)
+    # With a registry: registers "name@V" in the engine on first use (server.RegistryWatcher.pin);
+    # False if the registry has no such version. Blocking: call it off the event loop.
+    pin_version: Callable[[str], bool] | None = None
 
 
 def error_body(e: ServeError) -> dict:
@@ -96,10 +101,22 @@ def create_app(state: AppState) -> FastAPI:
         if not hmac.compare_digest(digest(key), digest(state.admin_key)):
             raise AuthError("invalid admin key")
 
+    def served(model: str) -> bool:
+        if "@" in model and state.pin_version is not None:
+            return state.pin_version(model)                # also marks it recently used
+        return engine.has_model(model)
+
     def visible_model(tenant: Tenant, model: str) -> None:
-        check_model_id(model)
-        if not (tenant.can_use(model, engine.base_name) and engine.has_model(model)):
-            raise ModelNotFoundError(f"the model {model!r} does not exist", param="model")
+        """Raise unless `model` (an id or a composition) is one this tenant may use: 400 if malformed,
+        404 for every part that is unknown or not this tenant's. May fetch "name@V" from the
+        registry, so it blocks: run it in a worker thread."""
+        parts = parse_model(model)
+        for name, _ in parts:
+            # The tenant check comes first: another tenant's versions are never looked up or loaded.
+            if not (tenant.can_use(name, engine.base_name) and served(name)):
+                raise ModelNotFoundError(f"the model {name!r} does not exist", param="model")
+            if len(parts) > 1 and name == engine.base_name:
+                raise BadRequestError("the base model cannot be part of a composition", param="model")
 
     # ---- health, metrics --------------------------------------------------------------------
 
@@ -132,7 +149,8 @@ def create_app(state: AppState) -> FastAPI:
     @app.get("/v1/models/{model_id}")
     async def get_model(model_id: str, request: Request):
         tenant = tenant_of(request)
-        visible_model(tenant, model_id)
+        check_model_id(model_id)                              # a composition is not a model
+        await run_in_threadpool(visible_model, tenant, model_id)
         return {"id": model_id, "object": "model", "created": int(time.time()), "owned_by": tenant.name,
                 "root": engine.base_name}
 
@@ -171,8 +189,8 @@ def create_app(state: AppState) -> FastAPI:
         label_model = "-"
         try:
             req = parse(parse_json(await request.body()))
-            visible_model(tenant, req.model)
-            label_model = req.model
+            await run_in_threadpool(visible_model, tenant, req.model)
+            label_model = model_label(req.model)
             prompt = await run_in_threadpool(encode, req)
             engine.check_lengths(len(prompt), req.params.max_tokens)
             constraint = await run_in_threadpool(make_constraint, req) if req.schema is not None else None
@@ -257,7 +275,7 @@ class Job:
         self.completion_tokens = 0
 
     def _settle(self, status: int, code: str | None = None, prompt_tokens: int = 0) -> None:
-        m, labels = self.state.metrics, (self.req.model, self.tenant.name)
+        m, labels = self.state.metrics, (model_label(self.req.model), self.tenant.name)
         m.requests.labels(*labels, str(status)).inc()
         if code is not None:
             m.errors.labels(*labels, code).inc()

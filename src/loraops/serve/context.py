@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from loraops.serve.lora_kernels import segments
+from loraops.serve.lora_kernels import LoRATerm
 
 
 @dataclass
@@ -28,12 +28,21 @@ class SeqSpan:
 
 @dataclass
 class ForwardContext:
-    order: torch.Tensor                    # [T] token order grouping tokens by adapter slot
-    segs: list[tuple[int, int, int]]       # (slot, start, end) in that order
+    terms: list[LoRATerm]                  # gathered LoRA terms: one, or more for composed requests
     spans: list[SeqSpan]
     cache: object                          # kv.BlockKVCache
+    attn_plan: object = None               # kv.AttentionPlan, built by the first attention layer
 
     @classmethod
-    def build(cls, slot_per_token: torch.Tensor, spans: list[SeqSpan], cache) -> ForwardContext:
-        order, segs = segments(slot_per_token)
-        return cls(order, segs, spans, cache)
+    def build(cls, slot_per_token: torch.Tensor, spans: list[SeqSpan], cache,
+              weights: torch.Tensor | None = None) -> ForwardContext:
+        """slot_per_token: [T] (one adapter per token) or [J, T] (term j's slot per token, 0: none);
+        weights: [J, T] per-token term weights, None: all 1."""
+        slots = slot_per_token if slot_per_token.dim() == 2 else slot_per_token[None]   # [J, T]
+        terms = []
+        for j, idx in enumerate(slots):
+            w = None if weights is None else weights[j]
+            if w is not None and bool((w[idx != 0] == 1).all()):
+                w = None                            # weight 1 everywhere: exactly the single-adapter path
+            terms.append(LoRATerm.of(idx, w))
+        return cls(terms=terms, spans=spans, cache=cache)

@@ -2,7 +2,8 @@
 
 Each step packs the new tokens of every running sequence into one row — a whole prompt for a
 sequence that just joined (its prefill), one token for the others (decode) — and runs one forward:
-MultiLoRALinear applies each token's adapter (lora_kernels.py), paged_attention keeps each
+MultiLoRALinear applies each token's adapter (lora_kernels.py) — or, for a composed request
+("a:0.7+b:0.3", see `parse_model`), the weighted sum of its adapters — paged_attention keeps each
 sequence's keys in the block cache (kv.py). Then every sequence samples its next token; finished
 sequences leave at once and waiting ones join, round-robin across tenants (scheduler.py).
 
@@ -39,6 +40,8 @@ from loraops.serve.scheduler import FairQueue, Sequence
 log = logging.getLogger("loraops.serve")
 
 MODEL_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}(@[0-9]{1,9})?$")
+WEIGHT = re.compile(r"^-?([0-9]{1,6}(\.[0-9]{0,12})?|\.[0-9]{1,12})$")   # plain decimals: no inf, nan, 1e9
+MAX_PARTS, MAX_WEIGHT = 4, 4.0
 
 
 @dataclass
@@ -74,6 +77,55 @@ def check_model_id(model_id: str) -> None:
     if not isinstance(model_id, str) or not MODEL_ID.match(model_id):
         raise BadRequestError(f"invalid model name {str(model_id)[:80]!r}: use letters, digits, '.', '_', "
                               f"'-' and an optional @VERSION", param="model")
+
+
+def is_composition(model_id: str) -> bool:
+    return isinstance(model_id, str) and ("+" in model_id or ":" in model_id)
+
+
+def parse_model(model_id: str) -> list[tuple[str, float]]:
+    """A model id -> its (adapter id, weight) parts. "a" -> [("a", 1.0)] (or the base name);
+    "a:0.7+b@2:0.3" -> [("a", 0.7), ("b@2", 0.3)]: 2-4 distinct parts NAME[@VERSION]:WEIGHT, each
+    weight a plain decimal in [-4, 4]. Raises BadRequestError (param "model")."""
+    if not is_composition(model_id):
+        check_model_id(model_id)
+        return [(model_id, 1.0)]
+    parts = model_id.split("+")
+    if not 2 <= len(parts) <= MAX_PARTS:
+        raise BadRequestError(f"a composition has 2 to {MAX_PARTS} parts joined by '+', got {len(parts)}",
+                              param="model")
+    out = []
+    for part in parts:
+        name, colon, weight = part.rpartition(":")
+        if not colon or not MODEL_ID.match(name):
+            raise BadRequestError(f"composition part {part[:80]!r} must look like NAME[@VERSION]:WEIGHT, "
+                                  f"e.g. 'my-adapter:0.5'", param="model")
+        if not WEIGHT.match(weight) or abs(float(weight)) > MAX_WEIGHT:
+            raise BadRequestError(f"composition part {part[:80]!r}: the weight must be a decimal number in "
+                                  f"[-{MAX_WEIGHT:g}, {MAX_WEIGHT:g}]", param="model")
+        if any(name == seen for seen, _ in out):
+            raise BadRequestError(f"adapter {name!r} appears twice in the composition", param="model")
+        out.append((name, float(weight)))
+    return out
+
+
+def model_label(model_id: str) -> str:
+    """The metrics label of a model id. A composition is labelled by its sorted part names without
+    weights ("b:0.3+a:0.7" -> "a+b"): weights are free-form client input, and a label per weight
+    would let clients grow the series count without bound."""
+    if not is_composition(model_id):
+        return model_id
+    return "+".join(sorted(name for name, _ in parse_model(model_id)))
+
+
+def pack_terms(rows: list[tuple[list[int], list[float], int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per sequence (slots of its terms, their weights, its token count) -> slots: [J, T] and
+    weights: [J, T] over the packed tokens, J = the most terms of any sequence (at least 1).
+    A sequence with fewer terms gets slot 0 (no adapter) in the others."""
+    n_terms = max([len(slots) for slots, _, _ in rows] + [1])
+    slots = [[s[j] if j < len(s) else 0 for s, _, n in rows for _ in range(n)] for j in range(n_terms)]
+    weights = [[w[j] if j < len(w) else 0.0 for _, w, n in rows for _ in range(n)] for j in range(n_terms)]
+    return torch.tensor(slots, dtype=torch.long), torch.tensor(weights)
 
 
 class Engine:
@@ -138,6 +190,8 @@ class Engine:
             self._catalog[model_id] = entry
             if old is not None:
                 self._unload.add(old.key)
+                for seq in self.queue.waiting():           # not started yet: start on the new weights
+                    seq.terms = [(entry.key if k == old.key else k, w) for k, w in seq.terms]
             self._inbox.put((entry.key, adapter, 0.0, True))
             self._wake.notify()
         return entry
@@ -149,7 +203,7 @@ class Engine:
             if entry is None:
                 return False
             self._unload.add(entry.key)
-            for seq in [s for s in self.queue.waiting() if s.key == entry.key]:
+            for seq in [s for s in self.queue.waiting() if entry.key in s.keys]:
                 self.queue.remove(seq)
                 seq.sink(ErrorEvent(ModelNotFoundError(f"the model {model_id!r} does not exist", "model")))
             self._wake.notify()
@@ -166,6 +220,7 @@ class Engine:
             return {e.model_id: res[e.key] for e in self._catalog.values() if e.key in res}
 
     def has_model(self, model_id: str) -> bool:
+        """A served model id: the base or a registered adapter (never a composition)."""
         return model_id == self.base_name or model_id in self._catalog
 
     # ---- requests (any thread) ---------------------------------------------------------------
@@ -184,22 +239,35 @@ class Engine:
 
     def submit(self, tenant: str, model_id: str, prompt: list[int], params: SamplingParams, sink,
                constraint=None) -> Sequence:
-        """Queue a request. Raises ModelNotFoundError, BadRequestError or OverloadedError (queue full).
+        """Queue a request for a model id or a composition ("a:0.7+b:0.3", see `parse_model`).
+        Raises ModelNotFoundError, BadRequestError or OverloadedError (queue full).
         `constraint` (grammar.RowConstraint) restricts the tokens this request may sample."""
+        parts = parse_model(model_id)
+        if len(parts) > self.pool.max_slots:               # every part needs its own slot at once
+            raise BadRequestError(f"a composition of {len(parts)} adapters needs {len(parts)} slots; this "
+                                  f"server has {self.pool.max_slots}", param="model")
         self.check_lengths(len(prompt), params.max_tokens)
         with self._lock:
-            if model_id == self.base_name:
-                key = None
-            elif model_id in self._catalog:
-                key = self._catalog[model_id].key
-            else:
-                raise ModelNotFoundError(f"the model {model_id!r} does not exist", "model")
-            seq = Sequence(next(self._ids), tenant, model_id, key, list(prompt), params, sink,
+            terms = self._terms(parts)
+            seq = Sequence(next(self._ids), tenant, model_id, terms, list(prompt), params, sink,
                            TextStream(self.tokenizer, params.stop), make_generator(params),
                            constraint=constraint)
             self.queue.push(seq)
             self._wake.notify()
         return seq
+
+    def _terms(self, parts: list[tuple[str, float]]) -> list[tuple[str, float]]:
+        """(model id, weight) parts -> (slot-pool key, weight) terms; the base alone has none."""
+        if parts == [(self.base_name, 1.0)]:
+            return []
+        terms = []
+        for name, weight in parts:
+            if name == self.base_name:
+                raise BadRequestError("the base model cannot be part of a composition", param="model")
+            if name not in self._catalog:
+                raise ModelNotFoundError(f"the model {name!r} does not exist", "model")
+            terms.append((self._catalog[name].key, weight))
+        return terms
 
     def cancel(self, seq: Sequence) -> None:
         """The client went away: drop the sequence whether it waits or runs."""
@@ -280,18 +348,19 @@ class Engine:
             self._observe()
             return False
         batch = list(self.running)
-        ids, pos, slot_of_token, spans, last = [], [], [], [], []
+        ids, pos, spans, last = [], [], [], []
         for seq in batch:
             new = seq.prompt if seq.computed == 0 else seq.output[-1:]
             lo = len(ids)
             ids += new
             pos += range(seq.computed, seq.computed + len(new))
-            slot_of_token += [seq.slot] * len(new)
             end = seq.computed + len(new)
             spans.append(SeqSpan(lo, len(ids), seq.computed, self.cache.slots(seq.id, seq.computed, end),
                                  self.cache.slots(seq.id, 0, end)))
             last.append(len(ids) - 1)
-        ctx = ForwardContext.build(torch.tensor(slot_of_token), spans, self.cache)
+        slots, weights = pack_terms([(s.slots, [w for _, w in s.terms], sp.hi - sp.lo)
+                                     for s, sp in zip(batch, spans)])
+        ctx = ForwardContext.build(slots, spans, self.cache, weights)
         self._bind(ctx)
         try:
             with torch.no_grad():
@@ -348,7 +417,7 @@ class Engine:
 
     def _fail_waiting(self, key: str, error: ServeError) -> None:
         with self._lock:
-            for seq in [s for s in self.queue.waiting() if s.key == key]:
+            for seq in [s for s in self.queue.waiting() if key in s.keys]:
                 self.queue.remove(seq)
                 seq.sink(ErrorEvent(error))
 
@@ -357,19 +426,21 @@ class Engine:
         over_budget = len(seq.prompt) > budget[0] and budget[0] < self.config.max_prefill_tokens
         if seq.cancelled or not self.cache.can_reserve(seq.budget) or over_budget:
             return False
-        if seq.key is None:
-            return True
-        if not seq.counted_lookup:                          # a hit or a miss once per request
-            seq.counted_lookup = True
-            slot = self.pool.lookup(seq.key)
-        else:
-            slot = self.pool.resident().get(seq.key)
-        if slot is None and seq.key not in self._loading:
-            entry = next((e for e in self._catalog.values() if e.key == seq.key), None)
-            if entry is not None:
-                self._loading.add(seq.key)
-                self._loads.put((seq.key, entry.path))
-        return slot is not None
+        # Every part of a composition must be resident at once; each missing one loads off this thread.
+        ready = True
+        for key in seq.keys:
+            if not seq.counted_lookup:                      # a hit or a miss once per request and part
+                slot = self.pool.lookup(key)
+            else:
+                slot = self.pool.resident().get(key)
+            if slot is None and key not in self._loading:
+                entry = next((e for e in self._catalog.values() if e.key == key), None)
+                if entry is not None:
+                    self._loading.add(key)
+                    self._loads.put((key, entry.path))
+            ready = ready and slot is not None
+        seq.counted_lookup = True
+        return ready
 
     def _admit(self) -> None:
         budget = [self.config.max_prefill_tokens]
@@ -380,8 +451,7 @@ class Engine:
                     break
                 budget[0] -= len(seq.prompt)
                 assert self.cache.reserve(seq.id, seq.budget)
-                if seq.key is not None:
-                    seq.slot = self.pool.acquire(seq.key)
+                seq.slots = [self.pool.acquire(k) for k in seq.keys]
                 self.running.append(seq)
 
     def _emit(self, seq: Sequence, token: int) -> None:
@@ -389,7 +459,7 @@ class Engine:
         if seq.first_token_at is None:
             seq.first_token_at = now
             if self.metrics is not None:
-                self.metrics.ttft.labels(seq.model, seq.tenant).observe(now - seq.arrived)
+                self.metrics.ttft.labels(model_label(seq.model), seq.tenant).observe(now - seq.arrived)
         seq.output.append(token)
         finish = None
         if token in self.eos_ids:
@@ -405,7 +475,7 @@ class Engine:
         seq.sink(TokenEvent(text, token))
         if finish is not None:
             if self.metrics is not None and len(seq.output) > 1:
-                self.metrics.tpot.labels(seq.model, seq.tenant).observe(
+                self.metrics.tpot.labels(model_label(seq.model), seq.tenant).observe(
                     (now - seq.first_token_at) / (len(seq.output) - 1))
             seq.sink(DoneEvent(finish, len(seq.prompt), len(seq.output)))
             self._finish(seq)
@@ -414,7 +484,8 @@ class Engine:
         if seq in self.running:
             self.running.remove(seq)
             self.cache.release(seq.id)
-            self.pool.unpin(seq.slot)
+            for slot in seq.slots:
+                self.pool.unpin(slot)
 
     def _observe(self, batch: int = 0) -> None:
         if self.metrics is not None:

@@ -11,12 +11,14 @@ the sequence finishes. Sliding-window layers keep every token and mask by distan
 model classes keep their own projections, norms and rotary embeddings and only the attention
 kernel is ours. Its plain semantics, per sequence, are causal softmax attention over the
 sequence's cached keys (within `sliding_window` when given), i.e. what sdpa computes for that
-sequence alone.
+sequence alone (`paged_attention_reference`). The fast path batches every decoding sequence into
+one padded sdpa call per layer (`AttentionPlan`): one call instead of one per sequence.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -77,34 +79,102 @@ def _span_mask(q_pos: torch.Tensor, kv_len: int, sliding_window: int | None) -> 
     return allowed
 
 
+@dataclass
+class AttentionPlan:
+    """How one packed forward's sequences are attended, computed once and shared by every layer.
+
+    Decode sequences (one new token) are attended together in one padded batch; prefill spans
+    (several new tokens) one by one, since there are few of them per step."""
+
+    write_slots: torch.Tensor      # [T] cache slot of every packed token, in packed order
+    decode_rows: torch.Tensor      # [B] packed index of each decode sequence's token
+    decode_slots: torch.Tensor     # [B, L] cache slots of each decode sequence's keys (0-padded)
+    decode_len: torch.Tensor       # [B] keys per decode sequence (its position + 1)
+    prefill: list                  # [SeqSpan] the spans with more than one new token
+    _masks: dict
+
+    @classmethod
+    def build(cls, spans) -> AttentionPlan:
+        decode = [sp for sp in spans if sp.hi - sp.lo == 1]
+        width = max((len(sp.read_slots) for sp in decode), default=0)
+        slots = torch.zeros(len(decode), width, dtype=torch.long)
+        for i, sp in enumerate(decode):
+            slots[i, : len(sp.read_slots)] = sp.read_slots
+        return cls(torch.cat([sp.write_slots for sp in spans]), torch.tensor([sp.lo for sp in decode], dtype=torch.long),
+                   slots, torch.tensor([len(sp.read_slots) for sp in decode], dtype=torch.long),
+                   [sp for sp in spans if sp.hi - sp.lo > 1], {})
+
+    def decode_mask(self, sliding_window: int | None) -> torch.Tensor:
+        """-> bool [B, 1, 1, L]: key j is a real key of row b (within the window of its query)."""
+        if sliding_window not in self._masks:
+            j = torch.arange(self.decode_slots.shape[1]).unsqueeze(0)
+            n = self.decode_len.unsqueeze(1)
+            allowed = j < n
+            if sliding_window is not None:
+                allowed &= j > n - 1 - sliding_window          # the query sits at position n - 1
+            self._masks[sliding_window] = allowed[:, None, None, :]
+        return self._masks[sliding_window]
+
+
+def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, scale: float,
+            softcap: float | None) -> torch.Tensor:
+    """q: [..., H, n, D], k/v: [..., Hkv, L, D], mask: bool broadcastable to [..., H, n, L] -> [..., H, n, D]."""
+    if softcap is None:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, enable_gqa=True)
+    rep = q.shape[-3] // k.shape[-3]
+    k, v = k.repeat_interleave(rep, -3), v.repeat_interleave(rep, -3)
+    w = torch.tanh((q @ k.transpose(-1, -2)) * scale / softcap) * softcap
+    return torch.softmax(w.masked_fill(~mask, float("-inf")), dim=-1) @ v
+
+
 def paged_attention(module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                     attention_mask=None, scaling: float | None = None, dropout: float = 0.0,
                     sliding_window: int | None = None, softcap: float | None = None, **kwargs):
     """query: [1, H, T, D], key/value: [1, Hkv, T, D] (the packed new tokens of all sequences)
-    -> ([1, T, H, D], None). Writes the new keys/values to the cache, then attends per sequence."""
+    -> ([1, T, H, D], None). Writes the new keys/values to the cache in one copy, attends all decode
+    tokens in one padded batch and each prefill span on its own. Same result as
+    `paged_attention_reference`."""
     ctx = module.serve_ctx
-    cache, layer = ctx.cache, module.layer_idx
-    kc, vc = cache.k[layer], cache.v[layer]                        # [slots, Hkv, D]
-    k_new, v_new = key[0].transpose(0, 1), value[0].transpose(0, 1)  # [T, Hkv, D]
+    if ctx.attn_plan is None:
+        ctx.attn_plan = AttentionPlan.build(ctx.spans)
+    plan, layer = ctx.attn_plan, module.layer_idx
+    kc, vc = ctx.cache.k[layer], ctx.cache.v[layer]                # [slots, Hkv, D]
+    kc[plan.write_slots] = key[0].transpose(0, 1).to(kc.dtype)     # [T, Hkv, D]
+    vc[plan.write_slots] = value[0].transpose(0, 1).to(vc.dtype)
     out = query.new_empty(query.shape[2], query.shape[1], query.shape[3])  # [T, H, D]
     scale = scaling if scaling is not None else 1.0 / math.sqrt(query.shape[-1])
-    for sp in ctx.spans:
-        kc[sp.write_slots] = k_new[sp.lo:sp.hi].to(kc.dtype)
-        vc[sp.write_slots] = v_new[sp.lo:sp.hi].to(vc.dtype)
+    if len(plan.decode_rows):
+        q = query[0, :, plan.decode_rows].transpose(0, 1).unsqueeze(2)           # [B, H, 1, D]
+        k = kc[plan.decode_slots].transpose(1, 2).to(query.dtype)                # [B, Hkv, L, D]
+        v = vc[plan.decode_slots].transpose(1, 2).to(query.dtype)
+        out[plan.decode_rows] = _attend(q, k, v, plan.decode_mask(sliding_window), scale, softcap)[:, :, 0]
+    for sp in plan.prefill:
         k = kc[sp.read_slots].transpose(0, 1).to(query.dtype)      # [Hkv, L, D]
         v = vc[sp.read_slots].transpose(0, 1).to(query.dtype)
-        q = query[0, :, sp.lo:sp.hi]                               # [H, n, D]
         q_pos = torch.arange(sp.start, sp.start + sp.hi - sp.lo)
         mask = _span_mask(q_pos, k.shape[1], sliding_window)       # [n, L]
-        if softcap is None:
-            o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, enable_gqa=True)
-        else:
-            rep = q.shape[0] // k.shape[0]
-            k, v = k.repeat_interleave(rep, 0), v.repeat_interleave(rep, 0)
-            w = torch.tanh((q @ k.transpose(1, 2)) * scale / softcap) * softcap
-            o = torch.softmax(w.masked_fill(~mask, float("-inf")), dim=-1) @ v
-        out[sp.lo:sp.hi] = o.transpose(0, 1)                       # [n, H, D]
+        out[sp.lo:sp.hi] = _attend(query[0, :, sp.lo:sp.hi], k, v, mask, scale, softcap).transpose(0, 1)
     return out.unsqueeze(0), None
+
+
+def paged_attention_reference(module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                              scaling: float | None = None, sliding_window: int | None = None,
+                              softcap: float | None = None) -> torch.Tensor:
+    """The plain definition, one sequence at a time: write its new keys/values, then causal attention
+    over its cached keys. Same shapes as `paged_attention`; returns [1, T, H, D]."""
+    ctx = module.serve_ctx
+    kc, vc = ctx.cache.k[module.layer_idx], ctx.cache.v[module.layer_idx]
+    out = query.new_empty(query.shape[2], query.shape[1], query.shape[3])
+    scale = scaling if scaling is not None else 1.0 / math.sqrt(query.shape[-1])
+    for sp in ctx.spans:
+        kc[sp.write_slots] = key[0, :, sp.lo:sp.hi].transpose(0, 1).to(kc.dtype)
+        vc[sp.write_slots] = value[0, :, sp.lo:sp.hi].transpose(0, 1).to(vc.dtype)
+        k = kc[sp.read_slots].transpose(0, 1).to(query.dtype)
+        v = vc[sp.read_slots].transpose(0, 1).to(query.dtype)
+        q_pos = torch.arange(sp.start, sp.start + sp.hi - sp.lo)
+        mask = _span_mask(q_pos, k.shape[1], sliding_window)
+        out[sp.lo:sp.hi] = _attend(query[0, :, sp.lo:sp.hi], k, v, mask, scale, softcap).transpose(0, 1)
+    return out.unsqueeze(0)
 
 
 def register() -> None:

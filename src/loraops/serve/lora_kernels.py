@@ -8,9 +8,16 @@ Both functions compute, for every token t with slot s = idx[t]:
 tokens are sorted by slot, and each contiguous segment of one slot costs one matmul pair (the
 SGMV idea from Punica), so a batch that mixes k adapters costs k small matmul pairs whatever its
 size. Slots without weights for this module (`active[s]` False) and slot 0 are skipped.
+
+A composed request ("a:0.7+b:0.3") gives its tokens several gathered terms: term j has its own
+slot per token and a per-token weight, and `lora_terms` sums them:
+
+    delta[t] = Σ_j weight_j[t] · scale[s_j] · (x[t] @ A[s_j]ᵀ) @ B[s_j]ᵀ     with s_j = idx_j[t]
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 
@@ -58,3 +65,28 @@ def lora_sgmv(x: torch.Tensor, A: torch.Tensor, B: torch.Tensor, scale: torch.Te
 def live_segments(segs: list[tuple[int, int, int]], active: list[bool] | None) -> list[tuple[int, int, int]]:
     """The segments that contribute: a real slot (not 0) with weights for this module."""
     return [seg for seg in segs if seg[0] != 0 and (active is None or active[seg[0]])]
+
+
+@dataclass(frozen=True)
+class LoRATerm:
+    """One gathered LoRA term of a packed forward: token t adds weight[t] · (its slot's delta)."""
+
+    order: torch.Tensor                    # [T] token order grouping tokens by slot
+    segs: list[tuple[int, int, int]]       # (slot, start, end) in that order
+    weight: torch.Tensor | None = None     # [T] per-token weight; None: 1 for every token
+
+    @classmethod
+    def of(cls, idx: torch.Tensor, weight: torch.Tensor | None = None) -> LoRATerm:
+        """idx: [T] slot per token (0: none), weight: [T] or None."""
+        return cls(*segments(idx), weight)
+
+
+def lora_terms(x: torch.Tensor, A: torch.Tensor, B: torch.Tensor, scale: torch.Tensor,
+               terms: list[LoRATerm], active: list[bool] | None = None) -> torch.Tensor:
+    """Σ_j weight_j[:, None] · lora_sgmv(x, …, terms[j]); equals Σ_j weight_j[:, None] ·
+    lora_reference(x, A, B, scale, idx_j). x: [T, in] -> delta: [T, out]."""
+    out = x.new_zeros(x.shape[0], B.shape[1])
+    for t in terms:
+        delta = lora_sgmv(x, A, B, scale, t.order, t.segs, active)   # [T, out]
+        out += delta if t.weight is None else delta * t.weight[:, None].to(delta.dtype)
+    return out

@@ -1,7 +1,9 @@
 """Prometheus metrics, in a CollectorRegistry per app (never the process-global one).
 
-Per model (adapter id or base name) and tenant: requests by status, prompt and completion tokens,
-time to first token, time per output token, errors by code. Engine: batch size, queue depth, KV
+Per model and tenant: requests by status, prompt and completion tokens, time to first token, time
+per output token, errors by code. The model label is the adapter id or base name; a composition is
+labelled by its sorted part names without weights (engine.model_label): weights are client input,
+and labels must stay bounded. Engine: batch size, queue depth, KV
 tokens and blocks in use, slot hits / misses / evictions, resident adapters, adapter load time.
 """
 

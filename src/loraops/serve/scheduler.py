@@ -20,19 +20,21 @@ from loraops.serve.sampling import SamplingParams, TextStream
 
 @dataclass
 class Sequence:
-    """One request from admission to its last token. `key` is the adapter's slot-pool key (None:
-    the base alone); `sink` receives events (engine thread) and must not block."""
+    """One request from admission to its last token. `terms` are (slot-pool key, weight) of its
+    adapters: none for the base alone, one (weight 1) for an adapter, 2-4 for a composition.
+    `slots` holds their pinned slots while it runs; `sink` receives events (engine thread) and
+    must not block."""
 
     id: int
     tenant: str
     model: str
-    key: str | None
+    terms: list[tuple[str, float]]
     prompt: list[int]
     params: SamplingParams
     sink: Callable[[object], None]
     stream: TextStream
     generator: torch.Generator | None = None
-    slot: int = 0
+    slots: list[int] = field(default_factory=list)
     computed: int = 0                         # tokens whose keys/values are in the cache
     output: list[int] = field(default_factory=list)
     arrived: float = field(default_factory=time.monotonic)
@@ -40,6 +42,15 @@ class Sequence:
     cancelled: bool = False
     counted_lookup: bool = False
     constraint: object | None = None          # grammar.RowConstraint for response_format
+
+    @property
+    def keys(self) -> list[str]:
+        return [k for k, _ in self.terms]
+
+    @property
+    def slot(self) -> int:
+        """The first term's slot (0: none), for single-adapter callers."""
+        return self.slots[0] if self.slots else 0
 
     @property
     def budget(self) -> int:

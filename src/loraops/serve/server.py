@@ -3,7 +3,8 @@
 Adapters given on the command line that fail to load (corrupt files, another base, DoRA) are
 logged with the reason and skipped: the server starts and serves everything else.
 With a registry, every adapter's production version is served under its name and the registry is
-polled for promotions and rollbacks (hot reload; running requests finish on their version).
+polled for promotions and rollbacks (hot reload; running requests finish on their version); a
+request for "name@V" serves that exact (immutable) version, registered on first use.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from collections import OrderedDict
 
 from loraops.errors import LoraOpsError
 from loraops.serve.config import ServeOptions, check_options
@@ -20,14 +22,49 @@ log = logging.getLogger("loraops.serve")
 
 
 class RegistryWatcher:
-    """Serve each adapter's production version under its name; poll for changes."""
+    """Serve each adapter's production version under its name; poll for changes. Serve pinned
+    versions "name@V" on demand, keeping at most `max_pinned` of them registered."""
 
-    def __init__(self, engine: Engine, poll_s: float):
+    def __init__(self, engine: Engine, poll_s: float, max_pinned: int = 64):
         from loraops.registry.service import Registry
 
         self.engine, self.poll_s, self.registry = engine, poll_s, Registry()
         self.current: dict[str, tuple[int, str]] = {}
+        self.max_pinned = max_pinned
+        self.pinned: OrderedDict[str, None] = OrderedDict()     # ids registered by `pin`, least recent first
+        self._pin_lock = threading.Lock()
         self._stop = threading.Event()
+
+    def pin(self, model_id: str) -> bool:
+        """Register registry version `model_id` ("name@V", any stage: versions are immutable) in the
+        engine under that id, if not yet there. False if the registry has no such version or it
+        cannot be served here (logged). Called from API worker threads; blocks on the registry."""
+        from loraops.errors import NotFoundError
+
+        with self._pin_lock:                               # one fetch per id, even under a burst
+            if self.engine.has_model(model_id):
+                if model_id in self.pinned:
+                    self.pinned.move_to_end(model_id)       # recently used
+                return True                                # else registered another way: not ours to evict
+            self.pinned.pop(model_id, None)                # removed meanwhile (admin route)
+            try:
+                path = self.registry.fetch(model_id)
+                self.engine.add_adapter(model_id, str(path))
+            except NotFoundError:
+                return False
+            except LoraOpsError as e:
+                log.error("registry adapter %s not served: %s", model_id, e)
+                return False
+            self.pinned[model_id] = None
+            self.pinned.move_to_end(model_id)
+            log.info("serving %s (pinned version)", model_id)
+            # A bound on what clients can make resident in the catalog: the least recently requested
+            # pinned version goes (its running requests finish; waiting ones get 404, see remove_adapter).
+            while len(self.pinned) > self.max_pinned:
+                old, _ = self.pinned.popitem(last=False)
+                self.engine.remove_adapter(old)
+                log.info("%s: no longer served (pinned-version cap %d)", old, self.max_pinned)
+            return True
 
     def sync(self) -> None:
         versions = self.registry.production_versions()
@@ -92,7 +129,8 @@ def build(opts: ServeOptions):
             log.error("adapter %s not loaded: %s", name, e)
     watcher = RegistryWatcher(engine, opts.registry_poll_s) if opts.registry else None
     admin_key = opts.admin_key or os.environ.get("LORAOPS_ADMIN_KEY") or None
-    app = create_app(AppState(engine, tenants, admin_key, metrics))
+    app = create_app(AppState(engine, tenants, admin_key, metrics,
+                              pin_version=watcher.pin if watcher is not None else None))
     if opts.registry:
         mount_dashboard(app, admin_key, metrics, base.info.name)
     return app, engine, watcher
@@ -116,15 +154,29 @@ def mount_dashboard(app, admin_key: str | None, metrics, base_name: str) -> None
 
 
 def run(opts: ServeOptions) -> None:
+    """Serve until SIGINT (Ctrl-C) or SIGTERM: both shut uvicorn down gracefully, then stop the
+    registry watcher and the engine, and return (exit code 0)."""
+    import signal
+
     import uvicorn
 
     app, engine, watcher = build(opts)
     engine.start()
     if watcher is not None:
         watcher.start()
+    # uvicorn handles SIGINT and SIGTERM itself (graceful shutdown), then re-raises the signal it got
+    # under the handler that was there before. For SIGINT that is a KeyboardInterrupt, which uvicorn.run
+    # swallows; for SIGTERM the default handler would kill the process before the `finally` below.
+    # Make SIGTERM a KeyboardInterrupt too, so both ways out clean up. (Signal handlers: main thread only.)
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler) if main_thread else None
     try:
         uvicorn.run(app, host=opts.host, port=opts.port, log_level="info", timeout_graceful_shutdown=5)
+    except KeyboardInterrupt:  # a signal outside uvicorn's own handling (just before it started): a stop too
+        pass
     finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
         if watcher is not None:
             watcher.stop()
         engine.stop()

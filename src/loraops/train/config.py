@@ -9,6 +9,7 @@ from loraops.errors import ConfigError
 from loraops.lora.config import ALL_LINEAR, LoRAConfig
 
 PRECISIONS = ("fp32", "bf16")
+QUANTIZATIONS = ("int8",)
 MIN_SEQ_LEN = 8
 _REGEX_CHARS = re.compile(r"[\\^$*+?()\[\]{}|]")
 
@@ -46,6 +47,8 @@ class TrainConfig:
     seed: int = 0
     precision: str = "fp32"
     grad_checkpointing: bool = False
+    quantize: str | None = None  # "int8": frozen base linears in int8 (QLoRA-style); LoRA, embeddings, head fp32
+    replay: int = 0  # general-text passages mixed into the training set against forgetting (data/replay.py)
     save_every: int = 100
     keep_checkpoints: int = 2
     eval_every: int = 100
@@ -67,6 +70,8 @@ class TrainConfig:
         _positive("eval-every", self.eval_every)
         _positive("max-bad-steps", self.max_bad_steps)
         _positive("loss-chunk", self.loss_chunk)
+        if not isinstance(self.replay, int) or self.replay < 0:
+            raise ConfigError(f"replay must be an integer >= 0, got {self.replay!r}")
         if self.max_steps is not None:
             _positive("max-steps", self.max_steps)
         if not isinstance(self.seq_len, int) or self.seq_len < MIN_SEQ_LEN:
@@ -79,6 +84,8 @@ class TrainConfig:
             raise ConfigError(f"val-fraction must be in [0, 1), got {self.val_fraction!r}")
         if self.precision not in PRECISIONS:
             raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if self.quantize is not None and self.quantize not in QUANTIZATIONS:
+            raise ConfigError(f"quantize must be one of {', '.join(QUANTIZATIONS)} (or unset), got {self.quantize!r}")
         if not self.targets or not self.targets.strip():
             raise ConfigError("targets is empty")
         if _REGEX_CHARS.search(self.targets):

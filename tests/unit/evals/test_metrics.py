@@ -97,3 +97,24 @@ def test_mixed_tasks_score_json_on_the_json_subset_and_keep_f1_primary():
 def test_scoring_nothing_is_an_error():
     with pytest.raises(ValueError):
         score_domain([], [], [])
+
+
+def test_normalised_dates_and_currency_codes_are_grounded_not_hallucinated():
+    mail = "Invoice dated 11.09.2024, due September 30, 2024. Total: $7,192.74"
+    assert hallucinated_fields('{"date": "2024-09-11", "due": "2024-09-30", "currency": "USD"}', mail) == (0, 3)
+    # a date or currency the text never states is still a claim without support
+    assert hallucinated_fields('{"date": "2024-11-09", "currency": "EUR"}', mail) == (2, 2)
+    assert hallucinated_fields('{"date": "2024-13-40"}', mail) == (1, 1)
+
+
+def test_the_demo_extraction_references_have_no_hallucinated_field():
+    """The metric's own sanity check: the reference answers of the invoice task (dates normalised to
+    ISO, currencies as codes) are fully grounded in their e-mails."""
+    from loraops.demo.tasks import generate
+
+    bad = total = 0
+    for record in generate("invoices", 200, seed=3):
+        prompt, answer = record["messages"][-2]["content"], record["messages"][-1]["content"]
+        b, t = hallucinated_fields(answer, prompt)
+        bad, total = bad + b, total + t
+    assert total > 800 and bad == 0

@@ -4,7 +4,11 @@ import torch
 import torch.nn.functional as F
 
 from loraops.serve.context import ForwardContext, SeqSpan
-from loraops.serve.kv import BlockKVCache, paged_attention
+import copy
+
+import pytest
+
+from loraops.serve.kv import BlockKVCache, paged_attention, paged_attention_reference
 
 
 def test_reserve_release_and_slot_addresses():
@@ -64,3 +68,34 @@ def test_sliding_window_masks_old_keys():
     mask = (i[None] <= i[:, None]) & (i[None] > i[:, None] - 3)
     want = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=0.5)
     torch.testing.assert_close(out[0], want[0].transpose(0, 1))
+
+
+@pytest.mark.parametrize("window,softcap", [(None, None), (4, None), (None, 30.0), (3, 20.0)])
+def test_batched_decode_attention_equals_per_sequence_reference(window, softcap):
+    """A step mixing decode tokens of sequences of different lengths with two prefill spans: the
+    fast path (one padded batch for the decodes) gives the per-sequence reference's output and cache."""
+    torch.manual_seed(2)
+    H, Hkv, D = 4, 2, 8
+    cache = BlockKVCache(1, Hkv, D, max_tokens=256, block_size=4)
+    history = {1: 9, 2: 3, 3: 14, 4: 0, 5: 1, 6: 0}         # tokens already cached; 0 = a new prompt
+    prompt = {4: 6, 6: 2}
+    spans, lo = [], 0
+    for sid, n in history.items():
+        cache.reserve(sid, n + 8)
+        if n:
+            cache.k[0][cache.slots(sid, 0, n)] = torch.randn(n, Hkv, D)
+            cache.v[0][cache.slots(sid, 0, n)] = torch.randn(n, Hkv, D)
+        new = prompt.get(sid, 1)
+        spans.append(SeqSpan(lo, lo + new, n, cache.slots(sid, n, n + new), cache.slots(sid, 0, n + new)))
+        lo += new
+    q, k, v = torch.randn(1, H, lo, D), torch.randn(1, Hkv, lo, D), torch.randn(1, Hkv, lo, D)
+    ref_cache = copy.deepcopy(cache)
+    mod, ref = _Attn(), _Attn()
+    mod.serve_ctx = ForwardContext.build(torch.zeros(lo, dtype=torch.long), spans, cache)
+    ref.serve_ctx = ForwardContext.build(torch.zeros(lo, dtype=torch.long), spans, ref_cache)
+    got = paged_attention(mod, q, k, v, scaling=0.3, sliding_window=window, softcap=softcap)[0]
+    want = paged_attention_reference(ref, q, k, v, scaling=0.3, sliding_window=window, softcap=softcap)
+    torch.testing.assert_close(got, want)
+    torch.testing.assert_close(cache.k[0], ref_cache.k[0])
+    torch.testing.assert_close(cache.v[0], ref_cache.v[0])
+    assert len(mod.serve_ctx.attn_plan.decode_rows) == 4 and len(mod.serve_ctx.attn_plan.prefill) == 2
