@@ -55,7 +55,10 @@ def test_ctrl_c_stops_the_demo_and_its_server_cleanly(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "200"}  # LORAOPS_HOME: the autouse fixture's
     with open(stderr_file, "w") as stderr:
         proc = subprocess.Popen([sys.executable, "-c", LAUNCH, str(base), str(tmp_path / "demo")], env=env,
-                                stdout=subprocess.PIPE, stderr=stderr, text=True, start_new_session=True)
+                                stdout=subprocess.PIPE, stderr=stderr, text=True, start_new_session=True,
+                                # as in a terminal: SIGINT raises KeyboardInterrupt (a test runner started
+                                # in the background may hand its children SIGINT ignored)
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     pgid = proc.pid  # start_new_session: the demo leads its own group, the server (its child) is in it
     lines: list[str] = []
     ready = threading.Event()

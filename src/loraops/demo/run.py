@@ -232,20 +232,27 @@ def start_server(opts: DemoOptions, tenants_file: Path, admin_key: str) -> tuple
 
 
 def query(url: str, keys: dict[str, str], base_name: str, n: int = 3) -> Table:
-    """Fresh examples (a seed the training data never used), base vs adapter, via chat completions."""
+    """Fresh examples (a seed the training data never used), base vs adapter, via chat completions.
+    All requests go at once, as tenants' traffic would: the server runs them in one mixed batch."""
+    from concurrent.futures import ThreadPoolExecutor
+
     from openai import OpenAI
 
-    table = Table(title="Before (base) and after (tenant adapter), through the OpenAI API", show_lines=True)
-    for col in ("tenant", "input", "expected", "base model", "adapter"):
-        table.add_column(col, overflow="fold")
-    for t in TENANTS:
-        client = OpenAI(base_url=f"{url}/v1", api_key=keys[t.tenant], max_retries=0, timeout=300)
-        for record in tasks.generate(t.task, n, seed=2026, duplicate_rate=0):
-            messages, expected = record["messages"][:-1], record["messages"][-1]["content"]
-            answers = [client.chat.completions.create(model=model, messages=messages, max_tokens=96, temperature=0)
-                       .choices[0].message.content.strip() for model in (base_name, t.adapter)]
-            shown = messages[-1]["content"].split("\n\n", 1)[-1]
-            table.add_row(t.tenant, shown[:200], expected, *answers)
+    def ask(tenant: str, model: str, messages: list[dict]) -> str:
+        client = OpenAI(base_url=f"{url}/v1", api_key=keys[tenant], max_retries=0, timeout=300)
+        answer = client.chat.completions.create(model=model, messages=messages, max_tokens=96, temperature=0)
+        return answer.choices[0].message.content.strip()
+
+    rows = [(t, record) for t in TENANTS for record in tasks.generate(t.task, n, seed=2026, duplicate_rate=0)]
+    with ThreadPoolExecutor(max_workers=2 * len(rows)) as pool:
+        answers = [[pool.submit(ask, t.tenant, model, record["messages"][:-1]) for model in (base_name, t.adapter)]
+                   for t, record in rows]
+        table = Table(title="Before (base) and after (tenant adapter), through the OpenAI API", show_lines=True)
+        for col in ("tenant", "input", "expected", "base model", "adapter"):
+            table.add_column(col, overflow="fold")
+        for (t, record), futures in zip(rows, answers):
+            shown = record["messages"][-2]["content"].split("\n\n", 1)[-1]
+            table.add_row(t.tenant, shown[:200], record["messages"][-1]["content"], *(f.result() for f in futures))
     return table
 
 
@@ -293,7 +300,11 @@ def _serve(opts: DemoOptions, keys: dict[str, str], admin_key: str, base_name: s
         console.print(f'  try: curl {url}/v1/models -H "Authorization: Bearer {keys["acme"]}"')
         console.print("Ctrl-C stops the server.")
         code = proc.wait()
-        raise LoraOpsError(f"the demo server exited by itself with code {code} (its log is above)")
+        if code != 0:
+            raise LoraOpsError(f"the demo server exited by itself with code {code} (its log is above)")
+        # Exit code 0: the server was told to stop. Ctrl-C in a terminal signals the whole process
+        # group, and the server may finish before this process handles its own KeyboardInterrupt.
+        console.print(f"server stopped; the demo's files stay in {opts.workdir}")
     except KeyboardInterrupt:
         console.print("stopping the server")
         stop_server(proc)

@@ -1,4 +1,4 @@
-"""Int8 CPU inference: int8 weights per output channel, activations quantized per call (W8A8 dynamic).
+"""Int8 CPU inference: int8 weights per output channel, activations quantized per token (W8A8 dynamic).
 
 We measured the CPU options torch 2.13 offers (bench/quantize.py, docs/benchmarks.md): fbgemm's
 dynamic int8 linear beat weight-only `_weight_int8pack_mm` with fp32 activations by 4-14x and
@@ -18,12 +18,21 @@ from loraops.lora.inject import set_submodule
 
 
 def quantize_activation_reference(x: torch.Tensor) -> torch.Tensor:
-    """What fbgemm does to x before the int8 matmul (per-tensor, asymmetric, 7-bit range because of
-    reduce_range): returns the dequantized activation, so reference = this @ Wdqᵀ."""
-    lo, hi = min(x.min().item(), 0.0), max(x.max().item(), 0.0)
+    """What Int8Linear does to x before the int8 matmul: every row (token) divided by its absmax,
+    then fbgemm's per-tensor quantization (asymmetric, 7-bit range because of reduce_range), then
+    scaled back. Returns the dequantized activation, so reference = this @ Wdqᵀ. x: [..., in]."""
+    m = _row_absmax(x)
+    u = x / m
+    lo, hi = min(u.min().item(), 0.0), max(u.max().item(), 0.0)
     scale = (hi - lo) / 127 or 1.0
     zero = min(max(round(-lo / scale), 0), 127)
-    return (torch.clamp(torch.round(x / scale) + zero, 0, 127) - zero) * scale
+    inverse = torch.tensor(1.0 / scale, dtype=torch.float32)   # fbgemm multiplies by the fp32 inverse
+    return (torch.clamp(torch.round(u * inverse) + zero, 0, 127) - zero) * scale * m
+
+
+def _row_absmax(x: torch.Tensor) -> torch.Tensor:
+    """[..., in] -> [..., 1]: each token's largest magnitude (never 0)."""
+    return x.abs().amax(-1, keepdim=True).clamp(min=1e-12)
 
 
 def int8_linear_reference(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor,
@@ -41,9 +50,16 @@ class _Int8Matmul(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, layer):
         ctx.layer = layer
+        x = x.float()
         if layer.weight_only:
-            return F.linear(x.float(), layer.dequantize_weight(), layer.bias)  # [..., in] -> [..., out]
-        return torch.ops.quantized.linear_dynamic(x.float().contiguous(), layer._packed, True)
+            return F.linear(x, layer.dequantize_weight(), layer.bias)  # [..., in] -> [..., out]
+        # fbgemm quantizes its whole input with one scale. Gemma's first token carries activations
+        # ~100x larger than the rest (an attention sink), and pad rows differ again, so one scale for
+        # the batch rounds every other token to a few levels (garbage output). Dividing each row by
+        # its absmax first and multiplying back after gives per-token quantization for two cheap ops.
+        m = _row_absmax(x)
+        y = torch.ops.quantized.linear_dynamic((x / m).contiguous(), layer._packed, True) * m
+        return y + layer.bias if layer.bias is not None else y
 
     @staticmethod
     def backward(ctx, grad_out):
@@ -65,7 +81,7 @@ class Int8Linear(nn.Module):
         qw = torch.quantize_per_channel(w, scale.double(), torch.zeros(w.shape[0], dtype=torch.long), 0,
                                         torch.qint8)
         self.bias = linear.bias.detach().float().clone() if linear.bias is not None else None
-        self._packed = torch.ops.quantized.linear_prepack(qw, self.bias)
+        self._packed = torch.ops.quantized.linear_prepack(qw, None)   # bias added after the row rescale
 
     def int8_weight(self) -> tuple[torch.Tensor, torch.Tensor]:
         """-> (q: int8 [out, in], scale: fp32 [out]) with W ≈ q · scale."""
