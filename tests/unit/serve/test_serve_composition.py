@@ -5,7 +5,7 @@ import dataclasses
 
 import pytest
 import torch
-from test_serve_engine import Collector, make_engine, prompts
+from test_serve_engine import Collector, make_engine, prompts, step_logits
 from test_serve_kernels import _weights
 from tiny import BUILDERS
 
@@ -123,18 +123,9 @@ def test_composed_logits_match_the_merged_blend(tmp_path):
     ps = prompts(len(MODELS), seed=5)
     for m, p in zip(MODELS, ps):
         engine.submit("t", m, p, SamplingParams(1, temperature=0.0), Collector())
-    captured = []
-    orig = engine.model.forward
-
-    def spy(*a, **kw):
-        out = orig(*a, **kw)
-        captured.append(out.logits[0].clone())
-        return out
-    engine.model.forward = spy
-    engine.step()
-    engine.model.forward = orig
-    assert captured[0].shape[0] == len(MODELS)
-    for row, m, p in zip(captured[0], MODELS, ps):
+    logits = step_logits(engine)
+    assert logits.shape[0] == len(MODELS)
+    for row, m, p in zip(logits, MODELS, ps):
         want = reference("llama", paths, m)(torch.tensor([p])).logits[0, -1]
         torch.testing.assert_close(row, want, atol=1e-4, rtol=1e-4)
 

@@ -41,6 +41,23 @@ class Collector:
             self.finished.set()
 
 
+def step_logits(engine) -> torch.Tensor:
+    """Run one engine step and return the logits its packed forward produced: [sequences, V]."""
+    captured = []
+    orig = engine.model.forward
+
+    def spy(*a, **kw):
+        out = orig(*a, **kw)
+        captured.append(out.logits[0].clone())
+        return out
+    engine.model.forward = spy
+    try:
+        engine.step()
+    finally:
+        engine.model.forward = orig
+    return captured[0]
+
+
 def prompts(n, seed=7):
     g = torch.Generator().manual_seed(seed)
     return [torch.randint(3, 300, (int(torch.randint(3, 20, (1,), generator=g)),), generator=g).tolist()
@@ -81,19 +98,9 @@ def test_one_mixed_forward_matches_per_row_reference(arch, tmp_path):
     """Logits of one packed multi-adapter forward = each sequence alone through its merged model."""
     engine, paths = make_engine(arch, tmp_path)
     ps, models = prompts(6, seed=3), ["ad0", "tiny", "ad3", "ad5", "ad0", "ad7"]
-    captured = []
     for m, p in zip(models, ps):
         engine.submit("t", m, p, SamplingParams(1, temperature=0.0), Collector())
-    orig = engine.model.forward
-
-    def spy(*a, **kw):
-        out = orig(*a, **kw)
-        captured.append(out.logits[0].clone())
-        return out
-    engine.model.forward = spy
-    engine.step()
-    engine.model.forward = orig
-    logits = captured[0]                                              # [6, V]: last token of each prompt
+    logits = step_logits(engine)                                      # [6, V]: last token of each prompt
     assert logits.shape[0] == 6
     for row, m, p in zip(logits, models, ps):
         ref = merged_model(BUILDERS[arch], 0, read_adapter(paths[m]) if m in paths else None)
