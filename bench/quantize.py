@@ -35,16 +35,16 @@ def _child(args) -> dict:
     import torch
 
     from loraops.models import load_adapter_onto, load_base
-    from loraops.models.quantize import quantize_int8_
+    from loraops.models.quantize import quantize_for_inference_
 
     torch.manual_seed(0)
     torch.set_num_threads(args.threads)
     base = load_base(args.base)
     model, tok = base.model, base.tokenizer
+    if args.variant == "int8":  # as `serve --quantize int8`: before the adapter, which stays fp32
+        quantize_for_inference_(model, tok)
     if args.adapter:
         load_adapter_onto(model, base.info, args.adapter)
-    if args.variant == "int8":
-        quantize_int8_(model)
     tok.padding_side = "left"
     results = {"variant": args.variant}
     for batch in (1, 16):

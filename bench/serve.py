@@ -81,9 +81,9 @@ def run_loraops(base, paths, tr, slots: int, batch: int, base_only: bool, int8: 
 
     loaded = LoadedBase(copy.deepcopy(base.model), base.tokenizer, base.info)
     if int8:
-        from loraops.models.quantize import quantize_int8_
+        from loraops.models.quantize import quantize_for_inference_
 
-        quantize_int8_(loaded.model)
+        quantize_for_inference_(loaded.model, loaded.tokenizer)
     engine = Engine(loaded, EngineConfig(max_slots=slots, max_rank=16, max_batch=batch, max_kv_tokens=16384,
                                          max_queue=10_000, max_tokens_cap=max(r[3] for r in tr)))
     engine.eos_ids = set()                                     # exactly the asked-for tokens per request

@@ -153,10 +153,10 @@ def evaluate(base: str, adapter: str | Path, config: EvalConfig = EvalConfig(),
     loaded = load_base(base, progress=config.progress)
     model, tokenizer = loaded.model, loaded.tokenizer
     if config.quantize == "int8":
-        from loraops.models.quantize import quantize_int8_
+        from loraops.models.quantize import quantize_for_inference_
 
         # Before the adapter goes on: only base linears become int8, LoRA wraps them in fp32.
-        quantize_int8_(model)
+        quantize_for_inference_(model, tokenizer)
     params = dict(model.named_parameters())
     base_params = {k: params[k].detach().clone() for k in adapter_obj.saved_modules if k in params}
     load_adapter_onto(model, loaded.info, adapter_obj, force=config.force)

@@ -1,14 +1,29 @@
-"""Int8 CPU inference: int8 weights per output channel, activations quantized per token (W8A8 dynamic).
+"""Int8 CPU inference: int8 weights per output channel, LoRA in fp32 on top.
 
-We measured the CPU options torch 2.13 offers (bench/quantize.py, docs/benchmarks.md): fbgemm's
-dynamic int8 linear beat weight-only `_weight_int8pack_mm` with fp32 activations by 4-14x and
-fp32 by 2-7x on the shapes of Gemma 3 270M, so that is the kernel. LoRA stays in fp32 on top
-(LoRALinear wraps an Int8Linear like any Linear). Backward through the frozen int8 base uses the
-weights dequantized on the fly, which is what QLoRA-style training needs: only the input grad
-(`loraops train --quantize int8`, docs/training.md).
+What `--quantize int8` builds (`quantize_for_inference_`), chosen by measurement on Gemma 3 270M
+(bench/quantize.py, docs/benchmarks.md):
+
+- The body's linears are weight-only int8. At decode sizes torch's `_weight_int8pack_mm` (int8
+  weights, bf16 activations) is the fast kernel; activations keep a per-element exponent, so the
+  model's few huge hidden dimensions cost nothing. Larger inputs (prefill) dequantize the weight
+  and run the fp32 sgemm, which is faster there.
+- The LM head (262k × 640, 60% of a token's FLOPs) uses fbgemm's W8A8 dynamic kernel, 3x faster
+  than the weight-only one at batch 1. Its activations are quantized per token to 7 bits, which
+  alone cost the adapted model 9x the KL divergence from fp32 of weight-only int8: in every token
+  the same few hidden dimensions are far larger than the rest, and the grid is sized to them. So
+  its 32 largest input channels, found once by `calibrate` on general text (the replay corpus, not
+  a customer's data), stay fp32 and are multiplied exactly (LLM.int8()-style decomposition).
+
+Training (`loraops train --quantize int8`, docs/training.md) uses weight-only layers with fp32
+activations forward and backward (QLoRA-style: the input grad from the weight dequantized on the
+fly). torch 2.13 marks quantized tensors (which fbgemm's prepack takes) as deprecated; when they
+go, torchao's kernels are the replacement to measure, and the references here the definitions to
+test them against.
 """
 
 from __future__ import annotations
+
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -16,11 +31,13 @@ from torch import nn
 
 from loraops.lora.inject import set_submodule
 
+OUTLIER_CHANNELS = 32          # fp32 input channels per layer (of 640-2048 in Gemma 3 270M)
+
 
 def quantize_activation_reference(x: torch.Tensor) -> torch.Tensor:
-    """What Int8Linear does to x before the int8 matmul: every row (token) divided by its absmax,
-    then fbgemm's per-tensor quantization (asymmetric, 7-bit range because of reduce_range), then
-    scaled back. Returns the dequantized activation, so reference = this @ Wdqᵀ. x: [..., in]."""
+    """What Int8Linear does to x (its non-outlier channels) before the int8 matmul: every row
+    (token) divided by its absmax, then fbgemm's per-tensor quantization (asymmetric, 7-bit range
+    because of reduce_range), then scaled back. Returns the dequantized activation. x: [..., in]."""
     m = _row_absmax(x)
     u = x / m
     lo, hi = min(u.min().item(), 0.0), max(u.max().item(), 0.0)
@@ -35,17 +52,48 @@ def _row_absmax(x: torch.Tensor) -> torch.Tensor:
     return x.abs().amax(-1, keepdim=True).clamp(min=1e-12)
 
 
-def int8_linear_reference(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor,
-                          bias: torch.Tensor | None) -> torch.Tensor:
-    """Plain-torch twin of Int8Linear.forward. x: [..., in] -> [..., out]."""
-    y = quantize_activation_reference(x.float()) @ (q.float() * scale[:, None]).T
+def int8_linear_reference(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None,
+                          outliers: torch.Tensor | None = None, w_outliers: torch.Tensor | None = None
+                          ) -> torch.Tensor:
+    """Plain-torch twin of Int8Linear.forward. x: [..., in], q: int8 [out, in] (zero in the outlier
+    columns), scale: [out], outliers: [k] input channels, w_outliers: fp32 [out, k] -> [..., out]."""
+    x = x.float()
+    y = 0
+    if outliers is not None:
+        y = x[..., outliers] @ w_outliers.T
+        x = x.index_fill(-1, outliers, 0.0)
+    y = y + quantize_activation_reference(x) @ (q.float() * scale[:, None]).T
     return y + bias if bias is not None else y
 
 
+def _w8a8(layer: Int8Linear, x: torch.Tensor) -> torch.Tensor:
+    """Int8Linear's inference path. x: [T, in] fp32 -> [T, out]. Few ops, each on the whole batch:
+    at batch 1 a decode step runs ~130 of these and per-op overhead is a real share of the time."""
+    idx = layer.outliers
+    if idx is not None:
+        y_out = x.index_select(1, idx) @ layer.w_outliers_t            # [T, k] @ [k, out], fp32
+        x = x * layer.keep_mask                                        # the outlier channels -> 0
+    # fbgemm quantizes its whole input with one scale. Gemma's first token carries activations
+    # ~100x larger than the rest (an attention sink), and pad rows differ again, so one scale for
+    # the batch rounds every other token to a few levels (garbage output). Dividing each row by its
+    # absmax first and multiplying back after gives per-token quantization for two cheap ops.
+    m = _row_absmax(x)                                                 # [T, 1]
+    y = torch.ops.quantized.linear_dynamic(x / m, layer._packed, True)
+    y = y.mul_(m) if idx is None else torch.addcmul(y_out, y, m)
+    return y if layer.bias is None else y.add_(layer.bias)
+
+
+def _w8a16(layer: Int8Linear, x: torch.Tensor) -> torch.Tensor:
+    """Weight-only inference path for decode-sized inputs: torch's `_weight_int8pack_mm` (int8
+    weights, activations rounded to bf16, fp32 accumulation, bf16 out). x: [T, in] -> [T, out] fp32."""
+    y = torch.ops.aten._weight_int8pack_mm(x.to(torch.bfloat16), layer.q, layer.scale_bf16).float()
+    return y if layer.bias is None else y.add_(layer.bias)
+
+
 class _Int8Matmul(torch.autograd.Function):
-    """Forward with the fbgemm kernel (or, weight_only, fp32 x @ dequantized Wᵀ); backward gives the
-    input grad from dequantized weights. A Function rather than F.linear so that no layer's fp32
-    weight is kept for backward: it is dequantized again there, one layer at a time."""
+    """Forward with `_w8a8` (or, weight_only, fp32 x @ dequantized Wᵀ); backward gives the input
+    grad from dequantized weights. A Function rather than F.linear so that no layer's fp32 weight is
+    kept for backward: it is dequantized again there, one layer at a time."""
 
     @staticmethod
     def forward(ctx, x, layer):
@@ -53,68 +101,150 @@ class _Int8Matmul(torch.autograd.Function):
         x = x.float()
         if layer.weight_only:
             return F.linear(x, layer.dequantize_weight(), layer.bias)  # [..., in] -> [..., out]
-        # fbgemm quantizes its whole input with one scale. Gemma's first token carries activations
-        # ~100x larger than the rest (an attention sink), and pad rows differ again, so one scale for
-        # the batch rounds every other token to a few levels (garbage output). Dividing each row by
-        # its absmax first and multiplying back after gives per-token quantization for two cheap ops.
-        m = _row_absmax(x)
-        y = torch.ops.quantized.linear_dynamic((x / m).contiguous(), layer._packed, True) * m
-        return y + layer.bias if layer.bias is not None else y
+        return _w8a8(layer, x.reshape(-1, x.shape[-1])).view(*x.shape[:-1], layer.out_features)
 
     @staticmethod
     def backward(ctx, grad_out):
         return grad_out @ ctx.layer.dequantize_weight(), None  # [..., out] @ [out, in]
 
 
-class Int8Linear(nn.Module):
-    """A frozen nn.Linear with int8 weights (symmetric, per output channel), held only in fbgemm's
-    packed form: one byte per weight, no second copy. weight_only: fp32 activations times the weight
-    dequantized on the fly instead of fbgemm's W8A8 kernel, for training: Gemma's activations lose
-    too much to the kernel's 7-bit per-tensor rounding (docs/training.md)."""
+W8A16_MAX_TOKENS = 32   # above this, `_weight_int8pack_mm` is slower than dequantize + fp32 sgemm
 
-    def __init__(self, linear: nn.Linear, weight_only: bool = False):
+
+class Int8Linear(nn.Module):
+    """A frozen nn.Linear with int8 weights (symmetric, per output channel): one byte per weight.
+
+    Two kinds (docs/architecture.md, measured in docs/benchmarks.md):
+    - weight_only: the int8 weight `q` and its `scale`, activations kept at ≥ bf16 precision. In
+      inference (no grad) with ≤ W8A16_MAX_TOKENS tokens, torch's `_weight_int8pack_mm` (bf16
+      activations); otherwise, and in training, fp32 x @ the weight dequantized on the fly.
+    - W8A8 (weight_only False): held only in fbgemm's packed form; activations quantized per token
+      to 7 bits by fbgemm, except the `outliers` input channels (module docstring), whose weight
+      columns are kept fp32 and multiplied exactly."""
+
+    def __init__(self, linear: nn.Linear, weight_only: bool = False, outliers: torch.Tensor | None = None):
         super().__init__()
         self.weight_only = weight_only
         self.in_features, self.out_features = linear.in_features, linear.out_features
-        w = linear.weight.detach().float()
-        scale = (w.abs().amax(dim=1) / 127).clamp(min=1e-12)
-        qw = torch.quantize_per_channel(w, scale.double(), torch.zeros(w.shape[0], dtype=torch.long), 0,
-                                        torch.qint8)
+        w = linear.weight.detach().float().clone()
+        self.outliers = outliers.long() if outliers is not None and len(outliers) and not weight_only else None
+        self.w_outliers_t = self.keep_mask = None
+        if self.outliers is not None:
+            self.w_outliers_t = w[:, self.outliers].T.contiguous()  # [k, out]
+            self.keep_mask = torch.ones(self.in_features).index_fill_(0, self.outliers, 0.0)  # [in]
+            w[:, self.outliers] = 0.0                              # so they do not set the int8 scales
+        scale = (w.abs().amax(dim=1) / 127).clamp(min=1e-12)      # [out]
         self.bias = linear.bias.detach().float().clone() if linear.bias is not None else None
+        self.q = self.scale = self.scale_bf16 = self._packed = None
+        if weight_only:
+            self.q = torch.clamp(torch.round(w / scale[:, None]), -127, 127).to(torch.int8)  # [out, in]
+            self.scale, self.scale_bf16 = scale, scale.to(torch.bfloat16)
+            return
+        with warnings.catch_warnings():   # quantized tensors are deprecated in torch 2.13 (module docstring)
+            warnings.filterwarnings("ignore", message=".*quantized tensor creation functions.*deprecated")
+            qw = torch.quantize_per_channel(w, scale.double(), torch.zeros(w.shape[0], dtype=torch.long), 0,
+                                            torch.qint8)
         self._packed = torch.ops.quantized.linear_prepack(qw, None)   # bias added after the row rescale
 
     def int8_weight(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """-> (q: int8 [out, in], scale: fp32 [out]) with W ≈ q · scale."""
+        """-> (q: int8 [out, in], zero in the outlier columns; scale: fp32 [out]): W ≈ q · scale
+        outside the outlier columns."""
+        if self.weight_only:
+            return self.q, self.scale
         qw = torch.ops.quantized.linear_unpack(self._packed)[0]
         return qw.int_repr(), qw.q_per_channel_scales().float()
 
     def dequantize_weight(self) -> torch.Tensor:
-        """[out, in] fp32."""
+        """[out, in] fp32, the outlier columns exact."""
         q, scale = self.int8_weight()
-        return q.float() * scale[:, None]
+        w = q.float() * scale[:, None]
+        if self.outliers is not None:
+            w[:, self.outliers] = self.w_outliers_t.T
+        return w
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _Int8Matmul.apply(x, self).to(x.dtype)
+        if torch.is_grad_enabled():                                    # training: exact fp32 activations
+            return _Int8Matmul.apply(x, self).to(x.dtype)
+        x2 = x.float().reshape(-1, self.in_features)                   # inference: no autograd node
+        if not self.weight_only:
+            y = _w8a8(self, x2)
+        elif x2.shape[0] <= W8A16_MAX_TOKENS:
+            y = _w8a16(self, x2)
+        else:
+            y = F.linear(x2, self.dequantize_weight(), self.bias)
+        return y.view(*x.shape[:-1], self.out_features).to(x.dtype)
 
     def extra_repr(self) -> str:
-        return f"in={self.in_features}, out={self.out_features}, int8{' weight-only' if self.weight_only else ''}"
+        kind = "weight-only" if self.weight_only else "w8a8"
+        k = 0 if self.outliers is None else len(self.outliers)
+        return f"in={self.in_features}, out={self.out_features}, int8 {kind}, fp32 channels={k}"
 
 
-def quantize_int8_(model: nn.Module, include_lm_head: bool = True, weight_only: bool = False) -> list[str]:
+def calibrate(model: nn.Module, batches: list[torch.Tensor], only: nn.Module | None = None
+              ) -> dict[str, torch.Tensor]:
+    """Run `model` on token batches ([1, T] input ids each) and return, for every nn.Linear (or just
+    `only`), the largest |activation| of each input channel: path -> [in]."""
+    stats: dict[str, torch.Tensor] = {}
+
+    def hook(path):
+        def record(module, inputs, output):
+            a = inputs[0].detach().float().abs().reshape(-1, inputs[0].shape[-1]).amax(0)
+            stats[path] = a if path not in stats else torch.maximum(stats[path], a)
+        return record
+    handles = [m.register_forward_hook(hook(p)) for p, m in model.named_modules()
+               if isinstance(m, nn.Linear) and (only is None or m is only)]
+    try:
+        with torch.no_grad():
+            for ids in batches:
+                model(input_ids=ids)
+    finally:
+        for h in handles:
+            h.remove()
+    return stats
+
+
+def general_calibration(tokenizer, texts: int = 16, max_tokens: int = 256) -> list[torch.Tensor]:
+    """Calibration batches from the replay corpus (stdlib docstring prose): general text, the same
+    for every customer, so the quantized base does not depend on whose adapter it serves."""
+    from loraops.data.replay import replay_records
+
+    return [tokenizer(r["text"], return_tensors="pt", truncation=True, max_length=max_tokens)["input_ids"]
+            for r in replay_records(texts)]
+
+
+def quantize_int8_(model: nn.Module, include_lm_head: bool = True, weight_only: bool = False,
+                   activation_absmax: dict[str, torch.Tensor] | None = None,
+                   outlier_channels: int = OUTLIER_CHANNELS, head_w8a8: bool = False) -> list[str]:
     """Replace every nn.Linear (also inside LoRALinear wrappers) by an Int8Linear, in place.
-    Returns the quantized module paths. The LM head is usually the largest matrix (Gemma: 262k × 640)."""
+    Returns the quantized module paths. The LM head is usually the largest matrix (Gemma: 262k × 640).
+    weight_only: the kind of every layer, except the head when head_w8a8. activation_absmax (from
+    `calibrate`): each W8A8 layer's `outlier_channels` largest input channels stay fp32."""
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     done = []
     for path, module in list(model.named_modules()):
         if not isinstance(module, nn.Linear) or (module is head and not include_lm_head):
             continue
-        set_submodule(model, path, Int8Linear(module, weight_only))
+        layer_weight_only = weight_only and not (module is head and head_w8a8)
+        outliers = None
+        if activation_absmax is not None and not layer_weight_only and path in activation_absmax:
+            k = min(outlier_channels, module.in_features // 4)
+            outliers = activation_absmax[path].topk(k).indices.sort().values
+        set_submodule(model, path, Int8Linear(module, layer_weight_only, outliers))
         done.append(path)
     if head is not None and include_lm_head and hasattr(model.config, "tie_word_embeddings"):
         model.config.tie_word_embeddings = False  # the head is its own int8 copy now
     return done
 
 
+def quantize_for_inference_(model: nn.Module, tokenizer) -> list[str]:
+    """What `--quantize int8` does to a base for serving and evaluation: weight-only int8 body
+    (bf16 activations at decode), and the LM head — 262k × 640 in Gemma, 60% of a token's FLOPs,
+    where fbgemm's W8A8 is 3x faster than the weight-only kernel — W8A8 with its 32 largest input
+    channels (calibrated on general text) in fp32. Call before adapters go on (LoRA stays fp32)."""
+    head = model.get_output_embeddings()
+    stats = calibrate(model, general_calibration(tokenizer), only=head)
+    return quantize_int8_(model, weight_only=True, activation_absmax=stats, head_w8a8=True)
+
+
 def is_quantized(model: nn.Module) -> bool:
     return any(isinstance(m, Int8Linear) for m in model.modules())
-

@@ -33,6 +33,7 @@ from loraops.serve.config import EngineConfig
 from loraops.serve.context import ForwardContext, SeqSpan
 from loraops.serve.errors import (AdapterUnavailableError, BadRequestError, ContextLengthError, InternalError,
                                   ModelNotFoundError, ServeError)
+from loraops.serve.gemm import install_decode_linears
 from loraops.serve.layers import install
 from loraops.serve.sampling import SamplingParams, TextStream, make_generator, sample
 from loraops.serve.scheduler import FairQueue, Sequence
@@ -135,6 +136,7 @@ class Engine:
         self.base_name = base.info.name
         self.metrics = metrics
         self.pool, self.lora_layers = install(self.model, config.max_slots, config.max_rank)
+        install_decode_linears(self.model)                 # after install: it wraps nn.Linear paths
         kv.register()
         self.model.set_attn_implementation(kv.ATTN_NAME)
         self.attn_modules = [m for m in self.model.modules()

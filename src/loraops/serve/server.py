@@ -117,9 +117,10 @@ def build(opts: ServeOptions):
     metrics = ServeMetrics()
     base = load_base(opts.base)
     if opts.quantize == "int8":
-        from loraops.models.quantize import quantize_int8_
+        from loraops.models.quantize import quantize_for_inference_
 
-        log.info("int8: quantized %d linear layers (LoRA stays fp32)", len(quantize_int8_(base.model)))
+        log.info("int8: quantized %d linear layers (LoRA stays fp32)",
+                 len(quantize_for_inference_(base.model, base.tokenizer)))
     engine = Engine(base, opts.engine, metrics)
     for name, path in opts.adapters.items():
         try:

@@ -1,11 +1,13 @@
-"""Int8Linear (fbgemm dynamic int8) against its plain-torch twin, fp32, and under LoRA training."""
+"""Int8Linear (fbgemm dynamic int8, fp32 outlier channels) against its plain-torch twin, fp32, and
+under LoRA training; calibration picks the outlier channels."""
 
 import torch
 from torch import nn
 
 from loraops.lora import LoRAConfig, LoRALinear, inject, lora_modules, trainable_parameters
-from loraops.models.quantize import Int8Linear, int8_linear_reference, is_quantized, quantize_int8_
-from tiny import input_ids, tiny_gemma3, tiny_llama
+from loraops.models.quantize import (Int8Linear, calibrate, int8_linear_reference, is_quantized,
+                                     quantize_for_inference_, quantize_int8_)
+from tiny import input_ids, tiny_gemma3, tiny_llama, tiny_tokenizer
 
 
 def _linear(seed=0, i=64, o=48):
@@ -13,19 +15,45 @@ def _linear(seed=0, i=64, o=48):
     return nn.Linear(i, o)
 
 
-def test_int8_kernel_matches_reference():
-    lin = _linear()
-    q = Int8Linear(lin)
-    x = torch.randn(7, 64)
-    ref = int8_linear_reference(x, *q.int8_weight(), q.bias)
+def _assert_matches_reference(q: Int8Linear, x: torch.Tensor) -> None:
+    ref = int8_linear_reference(x, *q.int8_weight(), q.bias, q.outliers,
+                                None if q.outliers is None else q.w_outliers_t.T)
     # After per-token scaling each row's absmax element sits on a half step of the 7-bit grid, which
     # fbgemm and the reference may round to neighbouring levels: at most one level of one element
-    # per row, i.e. |diff[t, o]| <= step_t * max_j |W[o, j]|.
+    # per row, i.e. |diff[t, o]| <= step_t * max_j |W[o, j]| (over the quantized channels).
+    xq = x if q.outliers is None else x.index_fill(-1, q.outliers, 0.0)
     qw, scale = q.int8_weight()
-    step = x.abs().amax(-1, keepdim=True) * 2 / 127                       # [T, 1]
+    step = xq.abs().amax(-1, keepdim=True) * 2 / 127                      # [T, 1]
     bound = step * (qw.float() * scale[:, None]).abs().amax(1)[None, :]   # [T, out]
     assert ((q(x) - ref).abs() <= 1.01 * bound + 1e-5).all()
     assert ((q(x) - ref).norm() / ref.norm()).item() < 1e-2
+
+
+def test_int8_kernel_matches_reference():
+    _assert_matches_reference(Int8Linear(_linear()), torch.randn(7, 64))
+
+
+def test_int8_kernel_with_outlier_channels_matches_reference():
+    outliers = torch.tensor([3, 17, 40])
+    x = torch.randn(2, 7, 64)                                              # batched input: [..., in]
+    x[..., outliers] *= 80.0
+    q = Int8Linear(_linear(), outliers=outliers)
+    _assert_matches_reference(q, x)
+    qw, _ = q.int8_weight()
+    assert (qw[:, outliers] == 0).all()                                    # held in fp32 instead
+
+
+def test_outlier_channels_in_fp32_keep_the_other_channels_accurate():
+    """The same few channels are ~50x larger in every token (as in Gemma): per-token scaling alone
+    sizes the 7-bit grid to them and rounds the rest away; multiplying them in fp32 does not."""
+    lin = _linear()
+    outliers = torch.tensor([5, 30])
+    x = torch.randn(16, 64)
+    x[:, outliers] *= 50.0
+    exact = lin(x)
+    err = lambda q: ((q(x) - exact).norm() / exact.norm()).item()  # noqa: E731
+    plain, split = err(Int8Linear(lin)), err(Int8Linear(lin, outliers=outliers))
+    assert split < 0.02 and split < plain / 3
 
 
 def test_int8_is_close_to_fp32():
@@ -69,8 +97,61 @@ def test_lora_on_int8_base_adds_the_fp32_lora_term():
     assert torch.allclose(layer(x), expected, atol=1e-6)
 
 
+def test_weight_only_inference_kernel_matches_the_dequantized_fp32_reference():
+    """Decode-sized inputs go through `_weight_int8pack_mm` (bf16 activations, bf16 out); larger
+    ones through the dequantized fp32 weight, exactly as in training."""
+    q = Int8Linear(_linear(), weight_only=True)
+    for tokens in (1, 7, 32, 33, 100):
+        x = torch.randn(1, tokens, 64)
+        exact = torch.nn.functional.linear(x, q.dequantize_weight(), q.bias)
+        with torch.no_grad():
+            got = q(x)
+        assert got.shape == exact.shape
+        if tokens > 32:
+            assert torch.allclose(got, exact, atol=1e-5)
+        else:  # two bf16 roundings (input, output): relative error a few 2^-8
+            assert ((got - exact).norm() / exact.norm()).item() < 1e-2
+            assert not torch.equal(got, exact)                 # it really is the bf16 kernel
+
+
+def test_calibration_picks_the_largest_input_channels():
+    model = tiny_llama()
+    stats = calibrate(model, [input_ids(1, 10, seed=s) for s in range(3)])
+    seen = {}
+    hooks = [model.get_submodule(p).register_forward_hook(
+        lambda m, i, o, p=p: seen.__setitem__(p, torch.maximum(seen.get(p, torch.zeros(i[0].shape[-1])),
+                                                             i[0].abs().reshape(-1, i[0].shape[-1]).amax(0))))
+        for p in stats]
+    with torch.no_grad():
+        for s in range(3):
+            model(input_ids=input_ids(1, 10, seed=s))
+    for h in hooks:
+        h.remove()
+    assert set(stats) == {p for p, m in model.named_modules() if isinstance(m, nn.Linear)}
+    assert all(torch.equal(stats[p], seen[p]) for p in stats)
+    quantize_int8_(model, activation_absmax=stats, outlier_channels=4)
+    q_proj = model.get_submodule("model.layers.0.self_attn.q_proj")
+    assert set(q_proj.outliers.tolist()) == set(stats["model.layers.0.self_attn.q_proj"].topk(4).indices.tolist())
+    head = model.get_output_embeddings()
+    assert set(head.outliers.tolist()) == set(stats["lm_head"].topk(4).indices.tolist())
+
+
+def test_quantize_for_inference_is_a_weight_only_body_and_a_calibrated_w8a8_head():
+    for build in (tiny_llama, tiny_gemma3):
+        ref, model = build(), build()
+        paths = quantize_for_inference_(model, tiny_tokenizer())
+        body = [m for p, m in model.named_modules() if isinstance(m, Int8Linear) and p != "lm_head"]
+        head = model.get_output_embeddings()
+        assert "lm_head" in paths and body and all(m.weight_only and m.outliers is None for m in body)
+        assert not head.weight_only and head.outliers is not None
+        with torch.no_grad():
+            a, b = ref(input_ids=input_ids()).logits, model(input_ids=input_ids()).logits
+        assert torch.nn.functional.cosine_similarity(a.flatten(), b.flatten(), dim=0).item() > 0.99
+
+
 def test_backward_uses_dequantized_weights():
-    q = Int8Linear(_linear())
+    q = Int8Linear(_linear(), outliers=torch.tensor([1, 2]))
+    assert torch.equal(q.dequantize_weight()[:, [1, 2]], _linear().weight.detach()[:, [1, 2]])
     x = torch.randn(5, 64, requires_grad=True)
     g = torch.randn(5, 48)
     q(x).backward(g)
