@@ -109,7 +109,7 @@ def create_app(state: AppState) -> FastAPI:
     def visible_model(tenant: Tenant, model: str) -> None:
         """Raise unless `model` (an id or a composition) is one this tenant may use: 400 if malformed,
         404 for every part that is unknown or not this tenant's. May fetch "name@V" from the
-        registry, so it blocks: run it in a worker thread."""
+        registry, which blocks: call it through check_visible."""
         parts = parse_model(model)
         for name, _ in parts:
             # The tenant check comes first: another tenant's versions are never looked up or loaded.
@@ -117,6 +117,13 @@ def create_app(state: AppState) -> FastAPI:
                 raise ModelNotFoundError(f"the model {name!r} does not exist", param="model")
             if len(parts) > 1 and name == engine.base_name:
                 raise BadRequestError("the base model cannot be part of a composition", param="model")
+
+    async def check_visible(tenant: Tenant, model: str) -> None:
+        """visible_model, in a worker thread only when it may block (a registry fetch of "name@V")."""
+        if "@" in model and state.pin_version is not None:
+            await run_in_threadpool(visible_model, tenant, model)
+        else:
+            visible_model(tenant, model)
 
     # ---- health, metrics --------------------------------------------------------------------
 
@@ -150,7 +157,7 @@ def create_app(state: AppState) -> FastAPI:
     async def get_model(model_id: str, request: Request):
         tenant = tenant_of(request)
         check_model_id(model_id)                              # a composition is not a model
-        await run_in_threadpool(visible_model, tenant, model_id)
+        await check_visible(tenant, model_id)
         return {"id": model_id, "object": "model", "created": int(time.time()), "owned_by": tenant.name,
                 "root": engine.base_name}
 
@@ -189,7 +196,7 @@ def create_app(state: AppState) -> FastAPI:
         label_model = "-"
         try:
             req = parse(parse_json(await request.body()))
-            await run_in_threadpool(visible_model, tenant, req.model)
+            await check_visible(tenant, req.model)
             label_model = model_label(req.model)
             prompt = await run_in_threadpool(encode, req)
             engine.check_lengths(len(prompt), req.params.max_tokens)

@@ -277,8 +277,9 @@ def _restore(out: Path, cfg: TrainConfig, params: dict[str, torch.Tensor], optim
 def _quantize_base(model) -> list[str]:
     """QLoRA-style: every nn.Linear of the frozen body becomes a weight-only Int8Linear: int8 weights,
     fp32 activations times the weight dequantized on the fly, forward and backward (the input
-    gradient, which LoRA in earlier layers needs). Not fbgemm's W8A8 kernel that serving uses: its
-    7-bit activations raise Gemma 3 270M's val loss from 1.08 to 1.49; weight-only int8 gives 1.08.
+    gradient, which LoRA in earlier layers needs). Not the W8A8 kernel serving uses for the LM
+    head: its 7-bit activations (one scale per call) raised Gemma 3 270M's val loss from 1.08 to
+    1.49; weight-only int8 gives 1.08.
 
     The LM head and the embeddings stay fp32, as in QLoRA: in Gemma the head *is* the embedding
     matrix (tied, 262k x 640), which the lookup needs in full precision anyway, so an int8 head
