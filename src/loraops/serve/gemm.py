@@ -4,7 +4,7 @@ A decode step multiplies a few tokens (one per running sequence) by every weight
 F.linear(x, W) = x @ Wᵀ hands that to MKL as an [T, in] x [in, out] sgemm, which on our AVX2
 machines runs these skinny shapes 1.5-2.6x slower than the same product asked for the other way
 round, (W @ xᵀ)ᵀ — and the 262k-row LM head a further ~2x slower unless it is done in row blocks
-whose weights stay in cache (bench/serve.py, docs/benchmarks.md). Prefill-sized steps (many
+whose weights stay in cache (measurements: docs/benchmarks.md, Serving). Prefill-sized steps (many
 tokens) are compute-bound and F.linear is as fast there, so the swap only applies up to
 `MAX_TOKENS`.
 
