@@ -126,10 +126,11 @@ class Int8Linear(nn.Module):
         super().__init__()
         self.weight_only = weight_only
         self.in_features, self.out_features = linear.in_features, linear.out_features
-        w = linear.weight.detach().float().clone()
+        w = linear.weight.detach().float()
         self.outliers = outliers.long() if outliers is not None and len(outliers) and not weight_only else None
         self.w_outliers_t = self.keep_mask = None
         if self.outliers is not None:
+            w = w.clone()                                          # its outlier columns are zeroed below
             self.w_outliers_t = w[:, self.outliers].T.contiguous()  # [k, out]
             self.keep_mask = torch.ones(self.in_features).index_fill_(0, self.outliers, 0.0)  # [in]
             w[:, self.outliers] = 0.0                              # so they do not set the int8 scales
@@ -185,13 +186,18 @@ def calibrate(model: nn.Module, batches: list[torch.Tensor], only: nn.Module | N
     """Run `model` on token batches ([1, T] input ids each) and return, for every nn.Linear (or just
     `only`), the largest |activation| of each input channel: path -> [in]."""
     stats: dict[str, torch.Tensor] = {}
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
 
     def hook(path):
-        def record(module, inputs, output):
-            a = inputs[0].detach().float().abs().reshape(-1, inputs[0].shape[-1]).amax(0)
+        def record(module, inputs):
+            x = inputs[0]
+            a = x.detach().float().abs().reshape(-1, x.shape[-1]).amax(0)
             stats[path] = a if path not in stats else torch.maximum(stats[path], a)
+            # The logits are thrown away here: the head (262k wide in Gemma, most of a forward's
+            # FLOPs) computes its last position only.
+            return (x[..., -1:, :],) if module is head else None
         return record
-    handles = [m.register_forward_hook(hook(p)) for p, m in model.named_modules()
+    handles = [m.register_forward_pre_hook(hook(p)) for p, m in model.named_modules()
                if isinstance(m, nn.Linear) and (only is None or m is only)]
     try:
         with torch.no_grad():

@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from loraops.lora.inject import set_submodule
+
 MAX_TOKENS = 64          # steps with more tokens than this use F.linear
 HEAD_BLOCK = 1024        # output rows per block for very wide layers (the LM head)
 WIDE = 16384             # layers with more outputs than this are done in blocks
@@ -61,8 +63,6 @@ class DecodeLinear(nn.Module):
 def install_decode_linears(model: nn.Module) -> int:
     """Swap every fp32 nn.Linear of `model` (the LM head included) for a DecodeLinear, in place.
     Int8Linear and other layers are left alone. Returns how many were swapped."""
-    from loraops.lora.inject import set_submodule
-
     swapped = 0
     for path, module in list(model.named_modules()):
         if type(module) is nn.Linear and module.weight.dtype == torch.float32:
