@@ -6,7 +6,9 @@ N adapters (--adapters 8,32,128; rank --rank on q_proj/v_proj). Each request has
 gets exactly that many (greedy, EOS ignored: the bench counts tokens, not text). Three systems
 replay the same trace in real time:
 
-  loraops          the serving engine (continuous batching, slot pool of --slots adapters)
+  loraops          the serving engine (continuous batching, slot pool of --slots adapters, n-gram
+                   speculative decoding: the defaults of `loraops serve`)
+  loraops-nospec   the same without speculative decoding (--speculate 0)
   loraops-base     the same engine, every request on the bare base (the cost of LoRA)
   loraops-int8     (--int8) the engine on an int8 base, LoRA in fp32 (`serve --quantize int8`)
   peft             PEFT with every adapter loaded; static batches of up to --batch arrived
@@ -76,7 +78,8 @@ def summarise(name: str, arrivals, first, done, tokens: int, wall: float) -> dic
             "lat50": statistics.median(lat), "lat99": q(lat, 0.99)}
 
 
-def run_loraops(base, paths, tr, slots: int, batch: int, base_only: bool, int8: bool = False) -> dict:
+def run_loraops(base, paths, tr, slots: int, batch: int, base_only: bool, int8: bool = False,
+                speculate: int | None = None) -> dict:
     from loraops.models import LoadedBase
     from loraops.serve.engine import DoneEvent, Engine, EngineConfig, TokenEvent
     from loraops.serve.sampling import SamplingParams
@@ -86,8 +89,9 @@ def run_loraops(base, paths, tr, slots: int, batch: int, base_only: bool, int8: 
         from loraops.models.quantize import quantize_for_inference_
 
         quantize_for_inference_(loaded.model, loaded.tokenizer)
+    spec = {} if speculate is None else {"speculate": speculate}
     engine = Engine(loaded, EngineConfig(max_slots=slots, max_rank=16, max_batch=batch, max_kv_tokens=16384,
-                                         max_queue=10_000, max_tokens_cap=max(r[3] for r in tr)))
+                                         max_queue=10_000, max_tokens_cap=max(r[3] for r in tr), **spec))
     engine.eos_ids = set()                                     # exactly the asked-for tokens per request
     names = [] if base_only else [engine.add_adapter(f"ad{i}", p).model_id for i, p in enumerate(paths)]
     engine.start()
@@ -115,9 +119,12 @@ def run_loraops(base, paths, tr, slots: int, batch: int, base_only: bool, int8: 
     engine.stop()
     loads = [] if base_only else cold_loads(engine, paths)
     arrivals = [t0 + at for at, *_ in tr]
-    name = "loraops-base" if base_only else "loraops-int8" if int8 else "loraops"
+    name = ("loraops-base" if base_only else "loraops-int8" if int8 else
+            "loraops-nospec" if speculate == 0 else "loraops")
     out = summarise(name, arrivals, first, done, sum(r[3] for r in tr), wall)
-    out["slots"] = f"hits {stats.hits} misses {stats.misses} evictions {stats.evictions}"
+    drafted, accepted = engine.spec_stats
+    out["slots"] = f"drafts {accepted}/{drafted} accepted; " if drafted else ""
+    out["slots"] += f"hits {stats.hits} misses {stats.misses} evictions {stats.evictions}"
     if loads:
         out["slots"] += f"; cold load p50 {statistics.median(loads) * 1e3:.1f} ms, max {max(loads) * 1e3:.1f} ms"
     return out
@@ -212,11 +219,12 @@ def main() -> None:
             paths = make_adapters(base.model, n, args.rank, Path(d))
             tr = trace(args.requests, n, args.rate, base.tokenizer, args.seed, args.min_new, args.max_new)
             rows = [run_loraops(base, paths, tr, min(args.slots, n), args.batch, False),
+                    run_loraops(base, paths, tr, min(args.slots, n), args.batch, False, speculate=0),
                     run_loraops(base, paths, tr, min(args.slots, n), args.batch, True)]
             if not args.no_peft:
                 rows.append(run_peft(base, paths, tr, args.batch))
             if args.int8:
-                rows.insert(2, run_loraops(base, paths, tr, min(args.slots, n), args.batch, False, int8=True))
+                rows.insert(3, run_loraops(base, paths, tr, min(args.slots, n), args.batch, False, int8=True))
         peft = rows[-1]["tok_s"] if not args.no_peft else float("nan")
         for r in rows:
             print(f"{n:>8} {r['name']:>13} {r['tok_s']:>7.1f} {r['ttft50']:>8.2f}s {r['ttft99']:>6.2f}s "

@@ -467,6 +467,10 @@ def serve_cmd(
     max_queue: int = typer.Option(64, "--max-queue", help="Waiting requests before 503."),
     max_tokens_cap: int = typer.Option(1024, "--max-tokens-cap", help="Largest max_tokens a request may ask."),
     registry_poll: float = typer.Option(10.0, "--registry-poll", help="Seconds between registry polls."),
+    speculate: int = typer.Option(4, "--speculate", help="N-gram (prompt-lookup) draft tokens per greedy request "
+                                                         "and step, 0-7; 0 turns speculative decoding off."),
+    speculate_step_tokens: int = typer.Option(32, "--speculate-step-tokens",
+                                              help="Draft only while a step has at most this many tokens."),
     threads: Optional[int] = typer.Option(None, "--threads", help="Torch threads (1 is often fastest on a busy CPU)."),
     quantize: Optional[str] = typer.Option(None, "--quantize", help="int8: int8 weights for the base's linear "
                                                                      "layers (CPU), adapters stay fp32."),
@@ -485,7 +489,8 @@ def serve_cmd(
                         registry, registry_poll, host, port, threads, quantize,
                         EngineConfig(max_slots=max_slots, max_rank=max_rank, max_batch=max_batch,
                                      max_kv_tokens=max_kv_tokens, max_queue=max_queue,
-                                     max_tokens_cap=max_tokens_cap))
+                                     max_tokens_cap=max_tokens_cap, speculate=speculate,
+                                     speculate_step_tokens=speculate_step_tokens))
     check_options(opts)
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))

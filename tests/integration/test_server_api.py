@@ -286,7 +286,7 @@ def test_metrics_expose_per_adapter_and_engine_series(env):
     assert 'loraops_errors_total{code="model_not_found"' in text
     for name in ("loraops_batch_size", "loraops_queue_depth", "loraops_kv_blocks_used", "loraops_slot_hits_total",
                  "loraops_slot_misses_total", "loraops_slot_evictions_total", "loraops_adapter_load_seconds_count",
-                 "loraops_resident_adapters"):
+                 "loraops_resident_adapters", "loraops_spec_draft_tokens_total", "loraops_spec_accepted_tokens_total"):
         assert name in text, name
 
 

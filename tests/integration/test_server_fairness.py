@@ -71,3 +71,12 @@ def test_serving_without_tenants_or_insecure_flag_is_refused(tmp_path):
     r = subprocess.run([LORAOPS, "serve", "--base", str(tmp_path)], capture_output=True, text=True, timeout=60)
     assert r.returncode != 0
     assert "refusing to serve without authentication" in r.stderr and r.stderr.count("\n") == 1
+
+
+@pytest.mark.parametrize("flag,value,message", [("--speculate", "8", "--speculate must be between 0 and 7"),
+                                                ("--speculate-step-tokens", "-1", "must be >= 0"),
+                                                ("--max-batch", "0", "--max-batch must be >= 1")])
+def test_bad_engine_options_are_refused_in_one_line(tmp_path, flag, value, message):
+    r = subprocess.run([LORAOPS, "serve", "--base", str(tmp_path), "--insecure-no-auth", flag, value],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode != 0 and message in r.stderr and r.stderr.count("\n") == 1, r.stderr

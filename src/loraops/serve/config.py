@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 
 from loraops.errors import ConfigError
 
+BATCHED_SPAN = 8   # kv.py attends spans of up to this many new tokens (decode + drafts) in one padded call
+
 
 @dataclass
 class EngineConfig:
@@ -18,6 +20,8 @@ class EngineConfig:
     max_queue: int = 64           # waiting requests before 503
     max_tokens_cap: int = 1024    # the largest max_tokens a request may ask for
     max_prefill_tokens: int = 4096  # prompt tokens admitted per step
+    speculate: int = 4            # n-gram draft tokens per greedy sequence and step (0: no speculation)
+    speculate_step_tokens: int = 32  # drafts only while a step has at most this many tokens in all
 
 
 @dataclass
@@ -51,5 +55,9 @@ def check_options(opts: ServeOptions) -> None:
     for name in ("max_slots", "max_rank", "max_batch", "max_kv_tokens", "max_queue", "max_tokens_cap"):
         if getattr(e, name) < 1:
             raise ConfigError(f"--{name.replace('_', '-')} must be >= 1")
+    if not 0 <= e.speculate <= BATCHED_SPAN - 1:
+        raise ConfigError(f"--speculate must be between 0 and {BATCHED_SPAN - 1}")
+    if e.speculate_step_tokens < 0:
+        raise ConfigError("--speculate-step-tokens must be >= 0")
 
 

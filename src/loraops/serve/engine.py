@@ -37,6 +37,7 @@ from loraops.serve.gemm import install_decode_linears
 from loraops.serve.layers import install
 from loraops.serve.sampling import SamplingParams, TextStream, make_generator, sample
 from loraops.serve.scheduler import FairQueue, Sequence
+from loraops.serve.speculate import DraftLength, NgramDrafter
 
 log = logging.getLogger("loraops.serve")
 
@@ -168,6 +169,7 @@ class Engine:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._threads_wanted = torch.get_num_threads()
+        self.spec_stats = [0, 0]                          # speculative tokens drafted, accepted
 
     # ---- adapters (any thread) ---------------------------------------------------------------
 
@@ -350,16 +352,17 @@ class Engine:
             self._observe()
             return False
         batch = list(self.running)
-        ids, pos, spans, last = [], [], [], []
-        for seq in batch:
-            new = seq.prompt if seq.computed == 0 else seq.output[-1:]
+        drafts = self._drafts(batch)
+        ids, pos, spans, keep = [], [], [], []
+        for seq, draft in zip(batch, drafts):
+            new = seq.prompt if seq.computed == 0 else seq.output[-1:] + draft
             lo = len(ids)
             ids += new
             pos += range(seq.computed, seq.computed + len(new))
             end = seq.computed + len(new)
             spans.append(SeqSpan(lo, len(ids), seq.computed, self.cache.slots(seq.id, seq.computed, end),
                                  self.cache.slots(seq.id, 0, end)))
-            last.append(len(ids) - 1)
+            keep += range(len(ids) - 1 - len(draft), len(ids))     # the last token's logits, and each draft's
         slots, weights = pack_terms([(s.slots, [w for _, w in s.terms], sp.hi - sp.lo)
                                      for s, sp in zip(batch, spans)])
         ctx = ForwardContext.build(slots, spans, self.cache, weights)
@@ -367,21 +370,66 @@ class Engine:
         try:
             with torch.no_grad():
                 logits = self.model(input_ids=torch.tensor([ids]), position_ids=torch.tensor([pos]),
-                                    use_cache=False, logits_to_keep=torch.tensor(last)).logits[0]  # [B, V]
+                                    use_cache=False, logits_to_keep=torch.tensor(keep)).logits[0]  # [len(keep), V]
         finally:
             self._bind(None)
-        for seq, row, sp in zip(batch, logits, spans):
-            seq.computed += sp.hi - sp.lo
+        # Greedy rows without a constraint: one batched argmax (2x faster than one call per row).
+        plain = any(s.params.greedy and s.constraint is None for s in batch)
+        argmax = logits.argmax(-1).tolist() if plain else None
+        row = 0
+        for seq, sp, draft in zip(batch, spans, drafts):
+            rows = range(row, row + len(draft) + 1)
+            row += len(draft) + 1
+            seq.computed += sp.hi - sp.lo - len(draft)
             try:
-                if seq.constraint is not None:
-                    seq.constraint.mask(row)               # forbidden tokens -> -inf, in place
-                self._emit(seq, sample(row, seq.params, seq.generator))
+                accepted = self._verify(seq, logits, rows, draft, argmax)
             except Exception:                              # one request's failure is not the batch's
                 log.exception("request %d failed while sampling", seq.id)
                 seq.sink(ErrorEvent(InternalError("internal error while generating")))
                 self._finish(seq)
+                continue
+            seq.computed += accepted
+            if draft:
+                seq.draft_len.update(len(draft), accepted)
+                self.spec_stats[0] += len(draft)
+                self.spec_stats[1] += accepted
         self._observe(len(batch))
         return True
+
+    def _drafts(self, batch: list[Sequence]) -> list[list[int]]:
+        """Each decoding sequence's speculative draft (see speculate.py): up to its DraftLength,
+        within its remaining max_tokens, and within the step's token budget, longest-k first."""
+        drafts: list[list[int]] = [[] for _ in batch]
+        budget = self.config.speculate_step_tokens - sum(len(s.prompt) if s.computed == 0 else 1 for s in batch)
+        order = sorted((i for i, s in enumerate(batch) if s.drafter is not None and s.computed > 0),
+                       key=lambda i: -batch[i].draft_len.k)
+        for i in order:
+            seq = batch[i]
+            k = min(seq.draft_len.k, budget, seq.params.max_tokens - len(seq.output) - 1)
+            if k <= 0:
+                continue
+            drafts[i] = seq.drafter.propose(k)
+            budget -= len(drafts[i])
+        return drafts
+
+    def _verify(self, seq: Sequence, logits: torch.Tensor, rows: range, draft: list[int],
+                argmax: list[int] | None) -> int:
+        """logits[rows]: [len(draft) + 1, V], the logits after the sequence's last token and after
+        each draft token; argmax: each row's argmax, if computed. Emits tokens as plain decoding
+        would — row i gives token i — while token i equals draft[i] (so row i + 1 saw the right
+        input) and the sequence goes on. Returns how many draft tokens were accepted (their
+        keys/values are valid in the cache)."""
+        for i, r in enumerate(rows):
+            if seq.params.greedy and seq.constraint is None and argmax is not None:
+                token = argmax[r]
+            else:
+                if seq.constraint is not None:
+                    seq.constraint.mask(logits[r])         # forbidden tokens -> -inf, in place
+                token = sample(logits[r], seq.params, seq.generator)
+            self._emit(seq, token)
+            if i == len(draft) or token != draft[i] or seq not in self.running:
+                return i
+        return len(draft)
 
     def _bind(self, ctx: ForwardContext | None) -> None:
         for m in self.lora_layers:
@@ -454,6 +502,9 @@ class Engine:
                 budget[0] -= len(seq.prompt)
                 assert self.cache.reserve(seq.id, seq.budget)
                 seq.slots = [self.pool.acquire(k) for k in seq.keys]
+                if self.config.speculate > 0 and seq.params.greedy:
+                    seq.drafter = NgramDrafter(seq.prompt)
+                    seq.draft_len = DraftLength(self.config.speculate)
                 self.running.append(seq)
 
     def _emit(self, seq: Sequence, token: int) -> None:
@@ -463,6 +514,8 @@ class Engine:
             if self.metrics is not None:
                 self.metrics.ttft.labels(model_label(seq.model), seq.tenant).observe(now - seq.arrived)
         seq.output.append(token)
+        if seq.drafter is not None:
+            seq.drafter.extend([token])
         finish = None
         if token in self.eos_ids:
             text, finish = seq.stream.flush(), "stop"

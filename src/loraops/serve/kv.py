@@ -11,8 +11,9 @@ the sequence finishes. Sliding-window layers keep every token and mask by distan
 model classes keep their own projections, norms and rotary embeddings and only the attention
 kernel is ours. Its plain semantics, per sequence, are causal softmax attention over the
 sequence's cached keys (within `sliding_window` when given), i.e. what sdpa computes for that
-sequence alone (`paged_attention_reference`). The fast path batches every decoding sequence into
-one padded sdpa call per layer (`AttentionPlan`): one call instead of one per sequence.
+sequence alone (`paged_attention_reference`). The fast path batches every decoding sequence (with
+its speculative draft, if any) into one padded sdpa call per layer (`AttentionPlan`): one call
+instead of one per sequence.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+
+from loraops.serve.config import BATCHED_SPAN   # spans of up to this many new tokens share one padded call
 
 ATTN_NAME = "loraops"
 
@@ -83,36 +86,44 @@ def _span_mask(q_pos: torch.Tensor, kv_len: int, sliding_window: int | None) -> 
 class AttentionPlan:
     """How one packed forward's sequences are attended, computed once and shared by every layer.
 
-    Decode sequences (one new token) are attended together in one padded batch; prefill spans
-    (several new tokens) one by one, since there are few of them per step."""
+    Short spans (a decoding sequence's one new token, or that token plus its speculative draft:
+    at most BATCHED_SPAN) are attended together in one padded batch [B, n] of queries; long spans
+    (prefills) one by one, since there are few of them per step. A padded query slot repeats its
+    span's last query and is never written back."""
 
     write_slots: torch.Tensor      # [T] cache slot of every packed token, in packed order
-    decode_rows: torch.Tensor      # [B] packed index of each decode sequence's token
-    decode_slots: torch.Tensor     # [B, L] cache slots of each decode sequence's keys (0-padded)
-    decode_len: torch.Tensor       # [B] keys per decode sequence (its position + 1)
-    prefill: list                  # [SeqSpan] the spans with more than one new token
+    short_rows: torch.Tensor       # [B, n] packed index of each short span's i-th query (padded: its last)
+    short_valid: torch.Tensor      # [B, n] True for real (not padding) queries
+    short_pos: torch.Tensor        # [B, n] position of each query in its sequence
+    short_slots: torch.Tensor      # [B, L] cache slots of each short span's keys (0-padded)
+    prefill: list                  # [SeqSpan] the spans with more than BATCHED_SPAN new tokens
     _masks: dict
 
     @classmethod
     def build(cls, spans) -> AttentionPlan:
-        decode = [sp for sp in spans if sp.hi - sp.lo == 1]
-        width = max((len(sp.read_slots) for sp in decode), default=0)
-        slots = torch.zeros(len(decode), width, dtype=torch.long)
-        for i, sp in enumerate(decode):
-            slots[i, : len(sp.read_slots)] = sp.read_slots
-        return cls(torch.cat([sp.write_slots for sp in spans]), torch.tensor([sp.lo for sp in decode], dtype=torch.long),
-                   slots, torch.tensor([len(sp.read_slots) for sp in decode], dtype=torch.long),
-                   [sp for sp in spans if sp.hi - sp.lo > 1], {})
+        short = [sp for sp in spans if sp.hi - sp.lo <= BATCHED_SPAN]
+        n = max((sp.hi - sp.lo for sp in short), default=0)
+        width = max((len(sp.read_slots) for sp in short), default=0)
+        slots = torch.zeros(len(short), width, dtype=torch.long)
+        for b, sp in enumerate(short):
+            slots[b, : len(sp.read_slots)] = sp.read_slots
+        i = torch.arange(n)
+        size = torch.tensor([sp.hi - sp.lo for sp in short], dtype=torch.long)[:, None]      # [B, 1]
+        last = torch.minimum(i[None], size - 1)                                             # [B, n]
+        rows = torch.tensor([sp.lo for sp in short], dtype=torch.long)[:, None] + last
+        pos = torch.tensor([sp.start for sp in short], dtype=torch.long)[:, None] + last
+        return cls(torch.cat([sp.write_slots for sp in spans]), rows, i[None] < size, pos, slots,
+                   [sp for sp in spans if sp.hi - sp.lo > BATCHED_SPAN], {})
 
-    def decode_mask(self, sliding_window: int | None) -> torch.Tensor:
-        """-> bool [B, 1, 1, L]: key j is a real key of row b (within the window of its query)."""
+    def short_mask(self, sliding_window: int | None) -> torch.Tensor:
+        """-> bool [B, 1, n, L]: query i of row b may attend key j (causal, within its window)."""
         if sliding_window not in self._masks:
-            j = torch.arange(self.decode_slots.shape[1]).unsqueeze(0)
-            n = self.decode_len.unsqueeze(1)
-            allowed = j < n
+            j = torch.arange(self.short_slots.shape[1])[None, None]             # [1, 1, L]
+            q = self.short_pos[:, :, None]                                      # [B, n, 1]
+            allowed = j <= q
             if sliding_window is not None:
-                allowed &= j > n - 1 - sliding_window          # the query sits at position n - 1
-            self._masks[sliding_window] = allowed[:, None, None, :]
+                allowed &= j > q - sliding_window
+            self._masks[sliding_window] = allowed[:, None]
         return self._masks[sliding_window]
 
 
@@ -131,8 +142,8 @@ def paged_attention(module, query: torch.Tensor, key: torch.Tensor, value: torch
                     attention_mask=None, scaling: float | None = None, dropout: float = 0.0,
                     sliding_window: int | None = None, softcap: float | None = None, **kwargs):
     """query: [1, H, T, D], key/value: [1, Hkv, T, D] (the packed new tokens of all sequences)
-    -> ([1, T, H, D], None). Writes the new keys/values to the cache in one copy, attends all decode
-    tokens in one padded batch and each prefill span on its own. Same result as
+    -> ([1, T, H, D], None). Writes the new keys/values to the cache in one copy, attends all short
+    spans (decode tokens and drafts) in one padded batch and each prefill span on its own. Same result as
     `paged_attention_reference`."""
     ctx = module.serve_ctx
     if ctx.attn_plan is None:
@@ -143,11 +154,13 @@ def paged_attention(module, query: torch.Tensor, key: torch.Tensor, value: torch
     vc[plan.write_slots] = value[0].transpose(0, 1).to(vc.dtype)
     out = query.new_empty(query.shape[2], query.shape[1], query.shape[3])  # [T, H, D]
     scale = scaling if scaling is not None else 1.0 / math.sqrt(query.shape[-1])
-    if len(plan.decode_rows):
-        q = query[0, :, plan.decode_rows].transpose(0, 1).unsqueeze(2)           # [B, H, 1, D]
-        k = kc[plan.decode_slots].transpose(1, 2).to(query.dtype)                # [B, Hkv, L, D]
-        v = vc[plan.decode_slots].transpose(1, 2).to(query.dtype)
-        out[plan.decode_rows] = _attend(q, k, v, plan.decode_mask(sliding_window), scale, softcap)[:, :, 0]
+    if plan.short_rows.numel():
+        b, n = plan.short_rows.shape
+        q = query[0, :, plan.short_rows.flatten()].view(-1, b, n, query.shape[3]).transpose(0, 1)  # [B, H, n, D]
+        k = kc[plan.short_slots].transpose(1, 2).to(query.dtype)                 # [B, Hkv, L, D]
+        v = vc[plan.short_slots].transpose(1, 2).to(query.dtype)
+        res = _attend(q, k, v, plan.short_mask(sliding_window), scale, softcap).transpose(1, 2)  # [B, n, H, D]
+        out[plan.short_rows[plan.short_valid]] = res[plan.short_valid]
     for sp in plan.prefill:
         k = kc[sp.read_slots].transpose(0, 1).to(query.dtype)      # [Hkv, L, D]
         v = vc[sp.read_slots].transpose(0, 1).to(query.dtype)

@@ -4,7 +4,8 @@ Per model and tenant: requests by status, prompt and completion tokens, time to 
 per output token, errors by code. The model label is the adapter id or base name; a composition is
 labelled by its sorted part names without weights (engine.model_label): weights are client input,
 and labels must stay bounded. Engine: batch size, queue depth, KV
-tokens and blocks in use, slot hits / misses / evictions, resident adapters, adapter load time.
+tokens and blocks in use, slot hits / misses / evictions, resident adapters, adapter load time,
+speculative draft tokens verified and accepted.
 """
 
 from __future__ import annotations
@@ -40,7 +41,12 @@ class ServeMetrics:
         self.resident = Gauge("loraops_resident_adapters", "Adapters in the slot pool.", registry=r)
         self.adapter_load = Histogram("loraops_adapter_load_seconds", "Reading and checking an adapter.",
                                       buckets=_LATENCY, registry=r)
+        self.spec_drafted = Counter("loraops_spec_draft_tokens", "Speculative (n-gram) draft tokens verified.",
+                                    registry=r)
+        self.spec_accepted = Counter("loraops_spec_accepted_tokens", "Draft tokens the model agreed with (each "
+                                     "one a token generated without a step of its own).", registry=r)
         self._seen = (0, 0, 0)
+        self._spec_seen = (0, 0)
 
     def observe_engine(self, engine, batch: int) -> None:
         """Called by the engine thread after each step."""
@@ -58,6 +64,10 @@ class ServeMetrics:
         self.slot_misses.inc(st.misses - m)
         self.slot_evictions.inc(st.evictions - e)
         self._seen = (st.hits, st.misses, st.evictions)
+        drafted, accepted = engine.spec_stats
+        self.spec_drafted.inc(drafted - self._spec_seen[0])
+        self.spec_accepted.inc(accepted - self._spec_seen[1])
+        self._spec_seen = (drafted, accepted)
         self.resident.set(len(engine.pool.resident()))
 
     def live(self) -> dict[str, float]:

@@ -42,6 +42,8 @@ class Sequence:
     cancelled: bool = False
     counted_lookup: bool = False
     constraint: object | None = None          # grammar.RowConstraint for response_format
+    drafter: object | None = None             # speculate.NgramDrafter (greedy requests, speculation on)
+    draft_len: object | None = None           # speculate.DraftLength
 
     @property
     def keys(self) -> list[str]:

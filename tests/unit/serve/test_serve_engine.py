@@ -64,9 +64,10 @@ def prompts(n, seed=7):
             for _ in range(n)]
 
 
-@pytest.mark.parametrize("arch", ["llama", "gemma3"])
-def test_mixed_batch_greedy_equals_merged_generate(arch, tmp_path):
-    engine, paths = make_engine(arch, tmp_path, max_batch=24)
+@pytest.mark.parametrize("arch,speculate", [("llama", 4), ("gemma3", 4), ("gemma3", 0)])
+def test_mixed_batch_greedy_equals_merged_generate(arch, speculate, tmp_path):
+    """With n-gram speculation (the default) too: verified drafts give exactly plain decoding's tokens."""
+    engine, paths = make_engine(arch, tmp_path, max_batch=24, speculate=speculate, speculate_step_tokens=200)
     models = [f"ad{i % 8}" if i % 3 else "tiny" for i in range(24)]   # 8 adapters + base-only
     ps = prompts(24)
     max_new = [24 if i % 2 else 9 for i in range(24)]                 # crosses Gemma's 16-token window
@@ -91,6 +92,8 @@ def test_mixed_batch_greedy_equals_merged_generate(arch, tmp_path):
         want = refs[m].generate(torch.tensor([p]), attention_mask=torch.ones(1, len(p), dtype=torch.long),
                                 max_new_tokens=n, do_sample=False)[0, len(p):].tolist()
         assert c.tokens == want, m
+    drafted, accepted = engine.spec_stats
+    assert (drafted > 0 and 0 < accepted <= drafted) if speculate else drafted == 0
 
 
 @pytest.mark.parametrize("arch", ["llama", "gemma3"])

@@ -8,7 +8,7 @@ import copy
 
 import pytest
 
-from loraops.serve.kv import BlockKVCache, paged_attention, paged_attention_reference
+from loraops.serve.kv import BATCHED_SPAN, BlockKVCache, paged_attention, paged_attention_reference
 
 
 def test_reserve_release_and_slot_addresses():
@@ -71,17 +71,19 @@ def test_sliding_window_masks_old_keys():
 
 
 @pytest.mark.parametrize("window,softcap", [(None, None), (4, None), (None, 30.0), (3, 20.0)])
-def test_batched_decode_attention_equals_per_sequence_reference(window, softcap):
-    """A step mixing decode tokens of sequences of different lengths with two prefill spans: the
-    fast path (one padded batch for the decodes) gives the per-sequence reference's output and cache."""
+def test_batched_short_span_attention_equals_per_sequence_reference(window, softcap):
+    """A step mixing decode tokens, decode tokens with speculative drafts (several new tokens after a
+    history) and prompts, over sequences of different lengths: the fast path (one padded batch for
+    every span of up to BATCHED_SPAN tokens, the long prompt alone) gives the per-sequence
+    reference's output and cache."""
     torch.manual_seed(2)
     H, Hkv, D = 4, 2, 8
     cache = BlockKVCache(1, Hkv, D, max_tokens=256, block_size=4)
-    history = {1: 9, 2: 3, 3: 14, 4: 0, 5: 1, 6: 0}         # tokens already cached; 0 = a new prompt
-    prompt = {4: 6, 6: 2}
+    history = {1: 9, 2: 3, 3: 14, 4: 0, 5: 1, 6: 0, 7: 5}   # tokens already cached; 0 = a new prompt
+    prompt = {4: BATCHED_SPAN + 3, 6: 2, 1: 4, 7: BATCHED_SPAN}   # new tokens (default 1)
     spans, lo = [], 0
     for sid, n in history.items():
-        cache.reserve(sid, n + 8)
+        cache.reserve(sid, n + 16)
         if n:
             cache.k[0][cache.slots(sid, 0, n)] = torch.randn(n, Hkv, D)
             cache.v[0][cache.slots(sid, 0, n)] = torch.randn(n, Hkv, D)
@@ -98,4 +100,6 @@ def test_batched_decode_attention_equals_per_sequence_reference(window, softcap)
     torch.testing.assert_close(got, want)
     torch.testing.assert_close(cache.k[0], ref_cache.k[0])
     torch.testing.assert_close(cache.v[0], ref_cache.v[0])
-    assert len(mod.serve_ctx.attn_plan.decode_rows) == 4 and len(mod.serve_ctx.attn_plan.prefill) == 2
+    plan = mod.serve_ctx.attn_plan
+    assert plan.short_rows.shape == (6, BATCHED_SPAN) and len(plan.prefill) == 1
+    assert plan.short_valid.sum() == 1 + 1 + 1 + 2 + 4 + BATCHED_SPAN
