@@ -401,11 +401,10 @@ class Engine:
         within its remaining max_tokens, and within the step's token budget, longest-k first."""
         drafts: list[list[int]] = [[] for _ in batch]
         budget = self.config.speculate_step_tokens - sum(len(s.prompt) if s.computed == 0 else 1 for s in batch)
-        order = sorted((i for i, s in enumerate(batch) if s.drafter is not None and s.computed > 0),
-                       key=lambda i: -batch[i].draft_len.k)
-        for i in order:
+        want = {i: s.draft_len.next() for i, s in enumerate(batch) if s.drafter is not None and s.computed > 0}
+        for i in sorted(want, key=lambda i: -want[i]):
             seq = batch[i]
-            k = min(seq.draft_len.k, budget, seq.params.max_tokens - len(seq.output) - 1)
+            k = min(want[i], budget, seq.params.max_tokens - len(seq.output) - 1)
             if k <= 0:
                 continue
             drafts[i] = seq.drafter.propose(k)

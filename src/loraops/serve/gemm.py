@@ -4,7 +4,9 @@ A decode step multiplies a few tokens (one per running sequence) by every weight
 F.linear(x, W) = x @ Wᵀ hands that to MKL as an [T, in] x [in, out] sgemm, which on our AVX2
 machines runs these skinny shapes 1.5-2.6x slower than the same product asked for the other way
 round, (W @ xᵀ)ᵀ — and the 262k-row LM head a further ~2x slower unless it is done in row blocks
-whose weights stay in cache (measurements: docs/benchmarks.md, Serving). Prefill-sized steps (many
+whose weights stay in cache (measurements: docs/benchmarks.md, Serving). And MKL's time for
+W @ xᵀ steps up with the token count: 5-15 tokens cost as much as 16 or up to 1.6x more (10-12),
+17-31 as much as 32 or more — so above 4 tokens x is padded with zero rows to a multiple of 16. Prefill-sized steps (many
 tokens) are compute-bound and F.linear is as fast there, so the swap only applies up to
 `MAX_TOKENS`.
 
@@ -22,6 +24,7 @@ from loraops.lora.inject import set_submodule
 MAX_TOKENS = 64          # steps with more tokens than this use F.linear
 HEAD_BLOCK = 1024        # output rows per block for very wide layers (the LM head)
 WIDE = 16384             # layers with more outputs than this are done in blocks
+PAD_TO, PAD_ABOVE = 16, 4   # steps of 5-15 tokens cost more than 16 (17-31 more than 32): pad with zeros
 
 
 def linear_reference(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
@@ -33,13 +36,16 @@ def rows_first_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor 
     """F.linear(x, weight, bias) computed as W @ xᵀ, in blocks of `block` output rows when given.
     x: [..., in], weight: [out, in], bias: [out] -> [..., out] (contiguous)."""
     x2 = x.reshape(-1, x.shape[-1])                          # [T, in]
+    tokens = x2.shape[0]
+    if tokens > PAD_ABOVE and tokens % PAD_TO:               # zero rows: MKL is faster at multiples of 16
+        x2 = torch.cat([x2, x2.new_zeros(PAD_TO - tokens % PAD_TO, x2.shape[1])])
     if block is None:
-        out = weight @ x2.T                                  # [out, T]
+        out = weight @ x2.T                                  # [out, T']
     else:
         out = x2.new_empty(weight.shape[0], x2.shape[0])
         for lo in range(0, weight.shape[0], block):          # each block's rows stay in cache
             torch.mm(weight[lo:lo + block], x2.T, out=out[lo:lo + block])
-    y = out.T.contiguous()                                   # [T, out]
+    y = out[:, :tokens].T.contiguous()                       # [T, out]
     if bias is not None:
         y += bias
     return y.view(*x.shape[:-1], weight.shape[0])

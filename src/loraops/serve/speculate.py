@@ -67,13 +67,31 @@ class NgramDrafter:
 
 
 class DraftLength:
-    """A sequence's draft length: back to the full `max_draft` after a fully accepted draft, down
-    to one more than the accepted count after a rejection (a sequence whose guesses keep failing
-    costs one extra token per step, not max_draft)."""
+    """A sequence's draft length for its next step. Back to the full `max_draft` after a fully
+    accepted draft; one more than the accepted count after a partial one; and after a draft of
+    which nothing was accepted, no draft for 1, 2, 4, ... up to MAX_PAUSE steps (doubling while
+    guesses keep failing). A wrong draft token costs a step as much as a real one once the batch
+    is compute-bound, so a sequence whose text does not repeat itself soon stops paying for it."""
+
+    MAX_PAUSE = 16
 
     def __init__(self, max_draft: int):
         self.max_draft = self.k = max_draft
+        self.pause = 0             # steps left without a draft
+        self._next_pause = 1
+
+    def next(self) -> int:
+        """Draft tokens to propose this step (counts down a pause)."""
+        if self.pause:
+            self.pause -= 1
+            return 0
+        return self.k
 
     def update(self, drafted: int, accepted: int) -> None:
-        if drafted:
-            self.k = self.max_draft if accepted == drafted else max(1, accepted + 1)
+        if not drafted:
+            return
+        self.k = self.max_draft if accepted == drafted else max(1, accepted + 1)
+        if accepted:
+            self._next_pause = 1
+        else:
+            self.pause, self._next_pause = self._next_pause, min(2 * self._next_pause, self.MAX_PAUSE)

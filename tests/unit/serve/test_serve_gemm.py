@@ -10,9 +10,10 @@ from loraops.serve.gemm import DecodeLinear, install_decode_linears, linear_refe
 
 
 def test_rows_first_linear_matches_the_reference():
+    """Token counts below, at and between the multiples of 16 that x is zero-padded to."""
     torch.manual_seed(0)
     weight, bias = torch.randn(300, 48), torch.randn(300)
-    for tokens in (1, 5, 16, 64):
+    for tokens in (1, 4, 5, 12, 16, 21, 33, 64):
         x = torch.randn(1, tokens, 48)                                  # the engine's packed [1, T, in]
         want = linear_reference(x, weight, bias)
         for block in (None, 64, 128, 1000):                             # blocks that do and do not divide 300

@@ -35,14 +35,24 @@ def test_drafter_copies_what_followed_the_latest_longest_match():
 
 def test_draft_length_backs_off_after_rejections_and_recovers():
     n = DraftLength(4)
+    assert n.next() == 4
     n.update(4, 1)
-    assert n.k == 2
-    n.update(2, 0)
-    assert n.k == 1
+    assert n.next() == 2
+    n.update(2, 0)                                     # nothing accepted: pause 1 step, then 2, 4, ...
+    assert [n.next() for _ in range(2)] == [0, 1]
+    n.update(1, 0)
+    assert [n.next() for _ in range(3)] == [0, 0, 1]
     n.update(0, 0)                                     # nothing drafted: no evidence
-    assert n.k == 1
-    n.update(1, 1)
-    assert n.k == 4
+    assert n.next() == 1
+    n.update(1, 1)                                     # accepted: full length, pauses reset
+    assert n.next() == 4
+    n.update(4, 0)
+    assert [n.next() for _ in range(2)] == [0, 1]
+    for _ in range(10):
+        n.update(1, 0)
+        while n.next() == 0:
+            pass
+    assert n.pause == 0 and n._next_pause == DraftLength.MAX_PAUSE
 
 
 def test_a_speculative_step_keeps_logits_at_every_draft_position(tmp_path):
@@ -54,11 +64,13 @@ def test_a_speculative_step_keeps_logits_at_every_draft_position(tmp_path):
     engine.submit("t", "ad2", prompt, SamplingParams(12, temperature=0.0), col)
     ref = merged_model(BUILDERS["llama"], 0, read_adapter(paths["ad2"]))
     checked = 0
+    fed = []
+    orig = engine.model.forward
+    engine.model.forward = lambda *a, **kw: fed.append(kw["input_ids"][0].tolist()) or orig(*a, **kw)
     while col.done is None:
-        seq = engine.running[0] if engine.running else None
-        draft = engine._drafts([seq])[0] if seq is not None else []      # what this step will verify
-        context = prompt + (seq.output if seq is not None else [])
+        context = prompt + (engine.running[0].output if engine.running else [])
         logits = step_logits(engine)
+        draft = fed[-1][1:] if len(fed) > 1 else []              # this step fed [last token, draft...]
         if draft:
             want = ref(torch.tensor([context + draft])).logits[0, -len(draft) - 1:]
             torch.testing.assert_close(logits, want, atol=1e-4, rtol=1e-4)
