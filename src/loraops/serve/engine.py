@@ -1,7 +1,8 @@
 """The serving engine: one base model, many adapters, iteration-level (continuous) batching.
 
 Each step packs the new tokens of every running sequence into one row — a whole prompt for a
-sequence that just joined (its prefill), one token for the others (decode) — and runs one forward:
+sequence that just joined (its prefill), one token for the others (decode), followed for greedy
+requests by a few guessed tokens that the same forward verifies (speculate.py) — and runs one forward:
 MultiLoRALinear applies each token's adapter (lora_kernels.py) — or, for a composed request
 ("a:0.7+b:0.3", see `parse_model`), the weighted sum of its adapters — paged_attention keeps each
 sequence's keys in the block cache (kv.py). Then every sequence samples its next token; finished
