@@ -6,9 +6,9 @@ machines runs these skinny shapes 1.5-2.6x slower than the same product asked fo
 round, (W @ xᵀ)ᵀ — and the 262k-row LM head a further ~2x slower unless it is done in row blocks
 whose weights stay in cache (measurements: docs/benchmarks.md, Serving). And MKL's time for
 W @ xᵀ steps up with the token count: 5-15 tokens cost as much as 16 or up to 1.6x more (10-12),
-17-31 as much as 32 or more — so above 4 tokens x is padded with zero rows to a multiple of 16. Prefill-sized steps (many
-tokens) are compute-bound and F.linear is as fast there, so the swap only applies up to
-`MAX_TOKENS`.
+17-31 as much as 32 or more — so above 4 tokens x is padded with zero rows to a multiple of 16.
+Prefill-sized steps (many tokens) are compute-bound and F.linear is as fast there, so the swap
+only applies up to `MAX_TOKENS`.
 
 `linear_reference` is plain F.linear; tests compare `rows_first_linear` against it.
 """

@@ -74,11 +74,11 @@ class BlockKVCache:
 
 
 def _span_mask(q_pos: torch.Tensor, kv_len: int, sliding_window: int | None) -> torch.Tensor:
-    """q_pos: [n] -> bool [n, kv_len], True where query i may attend key j."""
-    j = torch.arange(kv_len).unsqueeze(0)
-    allowed = j <= q_pos.unsqueeze(1)
+    """q_pos: [..., n] -> bool [..., n, kv_len], True where query i may attend key j."""
+    j = torch.arange(kv_len)
+    allowed = j <= q_pos[..., None]
     if sliding_window is not None:
-        allowed &= j > q_pos.unsqueeze(1) - sliding_window    # transformers' sliding_window_overlay
+        allowed &= j > q_pos[..., None] - sliding_window      # transformers' sliding_window_overlay
     return allowed
 
 
@@ -118,12 +118,8 @@ class AttentionPlan:
     def short_mask(self, sliding_window: int | None) -> torch.Tensor:
         """-> bool [B, 1, n, L]: query i of row b may attend key j (causal, within its window)."""
         if sliding_window not in self._masks:
-            j = torch.arange(self.short_slots.shape[1])[None, None]             # [1, 1, L]
-            q = self.short_pos[:, :, None]                                      # [B, n, 1]
-            allowed = j <= q
-            if sliding_window is not None:
-                allowed &= j > q - sliding_window
-            self._masks[sliding_window] = allowed[:, None]
+            mask = _span_mask(self.short_pos, self.short_slots.shape[1], sliding_window)   # [B, n, L]
+            self._masks[sliding_window] = mask[:, None]
         return self._masks[sliding_window]
 
 
