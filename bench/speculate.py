@@ -1,10 +1,11 @@
-"""Speculative decoding on the product's own task: invoice extraction through the serving engine.
+"""The greedy fast paths on the product's own task: invoice extraction through the serving engine.
 
 The demo adapter answers every val prompt of the demo's invoices data (greedy, up to --max-new
 tokens, stopping at EOS / <end_of_turn> like the server), all submitted at once to one engine,
-twice in the same run: with n-gram speculation (the `loraops serve` default) and without
-(--speculate 0). Prints tokens/s, steps, draft acceptance, and checks the two runs produced the
-same tokens for every request (speculation must not change greedy output).
+three times in the same run: the `loraops serve` defaults (n-gram speculation, int8-screened
+greedy head), without speculation (--speculate 0), and with the fp32 head for every token
+(--no-screen-head). Prints tokens/s, steps, draft acceptance, and checks that every run produced
+the same tokens for every request (neither fast path may change greedy output).
 
     .venv/bin/python bench/speculate.py [--adapter demo-run/runs/acme-invoices/adapter]
                                         [--data demo-run/data/invoices] [--batch 16] [--threads 2]
@@ -22,14 +23,16 @@ from pathlib import Path
 import torch
 
 
-def run(base, adapter: str, prompts: list[list[int]], max_new: int, batch: int, speculate: int) -> dict:
+def run(base, adapter: str, prompts: list[list[int]], max_new: int, batch: int, speculate: int = 4,
+        screen_head: bool = True) -> dict:
     from loraops.models import LoadedBase
     from loraops.serve.engine import Engine, EngineConfig, TokenEvent
     from loraops.serve.sampling import SamplingParams
 
     loaded = LoadedBase(copy.deepcopy(base.model), base.tokenizer, base.info)
     engine = Engine(loaded, EngineConfig(max_slots=1, max_rank=64, max_batch=batch, max_kv_tokens=32768,
-                                         max_queue=10_000, max_tokens_cap=max_new, speculate=speculate))
+                                         max_queue=10_000, max_tokens_cap=max_new, speculate=speculate,
+                                         screen_head=screen_head))
     engine.add_adapter("invoices", adapter)
     outputs: list[list[int]] = [[] for _ in prompts]
     steps = 0
@@ -69,14 +72,16 @@ def main() -> None:
     prompts = [encode_prompt(base.tokenizer, r["prompt"]) for r in rows]
     print(f"# {platform.machine()} {torch.get_num_threads()} threads, torch {torch.__version__}, base {args.base}, "
           f"{len(prompts)} prompts, batch {args.batch}, up to {args.max_new} new tokens, greedy")
-    spec = run(base, args.adapter, prompts, args.max_new, args.batch, speculate=4)
-    plain = run(base, args.adapter, prompts, args.max_new, args.batch, speculate=0)
-    same = sum(a == b for a, b in zip(spec["outputs"], plain["outputs"]))
-    for name, r in (("speculate 4", spec), ("speculate 0", plain)):
+    runs = {"defaults": run(base, args.adapter, prompts, args.max_new, args.batch),
+            "speculate 0": run(base, args.adapter, prompts, args.max_new, args.batch, speculate=0),
+            "fp32 head": run(base, args.adapter, prompts, args.max_new, args.batch, screen_head=False)}
+    first = runs["defaults"]
+    for name, r in runs.items():
         acc = f"{r['accepted']}/{r['drafted']} drafts accepted" if r["drafted"] else ""
-        print(f"{name:>12}: {r['tok_s']:6.1f} tok/s  {r['tokens']} tokens in {r['steps']} steps, {r['wall']:.1f} s  {acc}")
-    print(f"tokens/s ratio {spec['tok_s'] / plain['tok_s']:.2f}x; identical outputs: {same}/{len(prompts)}")
-
+        same = sum(a == b for a, b in zip(r["outputs"], first["outputs"]))
+        print(f"{name:>12}: {r['tok_s']:6.1f} tok/s (defaults: {first['tok_s'] / r['tok_s']:.2f}x)  "
+              f"{r['tokens']} tokens in {r['steps']} steps, {r['wall']:.1f} s  {acc}  "
+              f"same tokens as the defaults: {same}/{len(prompts)}")
 
 if __name__ == "__main__":
     main()

@@ -471,6 +471,9 @@ def serve_cmd(
                                                          "and step, 0-7; 0 turns speculative decoding off."),
     speculate_step_tokens: int = typer.Option(32, "--speculate-step-tokens",
                                               help="Draft only while a step has at most this many tokens."),
+    screen_head: bool = typer.Option(True, "--screen-head/--no-screen-head",
+                                     help="Greedy tokens from int8 logits plus an fp32 check of the few "
+                                          "candidates (the same tokens as the fp32 head, faster)."),
     threads: Optional[int] = typer.Option(None, "--threads", help="Torch threads (1 is often fastest on a busy CPU)."),
     quantize: Optional[str] = typer.Option(None, "--quantize", help="int8: int8 weights for the base's linear "
                                                                      "layers (CPU), adapters stay fp32."),
@@ -490,7 +493,7 @@ def serve_cmd(
                         EngineConfig(max_slots=max_slots, max_rank=max_rank, max_batch=max_batch,
                                      max_kv_tokens=max_kv_tokens, max_queue=max_queue,
                                      max_tokens_cap=max_tokens_cap, speculate=speculate,
-                                     speculate_step_tokens=speculate_step_tokens))
+                                     speculate_step_tokens=speculate_step_tokens, screen_head=screen_head))
     check_options(opts)
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))

@@ -38,7 +38,7 @@ def quantize_activation_reference(x: torch.Tensor) -> torch.Tensor:
     """What Int8Linear does to x (its non-outlier channels) before the int8 matmul: every row
     (token) divided by its absmax, then fbgemm's per-tensor quantization (asymmetric, 7-bit range
     because of reduce_range), then scaled back. Returns the dequantized activation. x: [..., in]."""
-    m = _row_absmax(x)
+    m = row_absmax(x)
     u = x / m
     lo, hi = min(u.min().item(), 0.0), max(u.max().item(), 0.0)
     scale = (hi - lo) / 127 or 1.0
@@ -47,7 +47,7 @@ def quantize_activation_reference(x: torch.Tensor) -> torch.Tensor:
     return (torch.clamp(torch.round(u * inverse) + zero, 0, 127) - zero) * scale * m
 
 
-def _row_absmax(x: torch.Tensor) -> torch.Tensor:
+def row_absmax(x: torch.Tensor) -> torch.Tensor:
     """[..., in] -> [..., 1]: each token's largest magnitude (never 0)."""
     return x.abs().amax(-1, keepdim=True).clamp(min=1e-12)
 
@@ -77,8 +77,8 @@ def _w8a8(layer: Int8Linear, x: torch.Tensor) -> torch.Tensor:
     # ~100x larger than the rest (an attention sink), and pad rows differ again, so one scale for
     # the batch rounds every other token to a few levels (garbage output). Dividing each row by its
     # absmax first and multiplying back after gives per-token quantization for two cheap ops.
-    m = _row_absmax(x)                                                 # [T, 1]
-    y = torch.ops.quantized.linear_dynamic(x / m, layer._packed, True)
+    m = row_absmax(x)                                                 # [T, 1]
+    y = torch.ops.quantized.linear_dynamic(x / m, layer.packed, True)
     y = y.mul_(m) if idx is None else torch.addcmul(y_out, y, m)
     return y if layer.bias is None else y.add_(layer.bias)
 
@@ -136,7 +136,7 @@ class Int8Linear(nn.Module):
             w[:, self.outliers] = 0.0                              # so they do not set the int8 scales
         scale = (w.abs().amax(dim=1) / 127).clamp(min=1e-12)      # [out]
         self.bias = linear.bias.detach().float().clone() if linear.bias is not None else None
-        self.q = self.scale = self.scale_bf16 = self._packed = None
+        self.q = self.scale = self.scale_bf16 = self.packed = None
         if weight_only:
             self.q = torch.clamp(torch.round(w / scale[:, None]), -127, 127).to(torch.int8)  # [out, in]
             self.scale, self.scale_bf16 = scale, scale.to(torch.bfloat16)
@@ -145,14 +145,14 @@ class Int8Linear(nn.Module):
             warnings.filterwarnings("ignore", message=".*quantized tensor creation functions.*deprecated")
             qw = torch.quantize_per_channel(w, scale.double(), torch.zeros(w.shape[0], dtype=torch.long), 0,
                                             torch.qint8)
-        self._packed = torch.ops.quantized.linear_prepack(qw, None)   # bias added after the row rescale
+        self.packed = torch.ops.quantized.linear_prepack(qw, None)   # bias added after the row rescale
 
     def int8_weight(self) -> tuple[torch.Tensor, torch.Tensor]:
         """-> (q: int8 [out, in], zero in the outlier columns; scale: fp32 [out]): W ≈ q · scale
         outside the outlier columns."""
         if self.weight_only:
             return self.q, self.scale
-        qw = torch.ops.quantized.linear_unpack(self._packed)[0]
+        qw = torch.ops.quantized.linear_unpack(self.packed)[0]
         return qw.int_repr(), qw.q_per_channel_scales().float()
 
     def dequantize_weight(self) -> torch.Tensor:
@@ -184,7 +184,7 @@ class Int8Linear(nn.Module):
 def calibrate(model: nn.Module, batches: list[torch.Tensor], only: nn.Module | None = None
               ) -> dict[str, torch.Tensor]:
     """Run `model` on token batches ([1, T] input ids each) and return, for every nn.Linear (or just
-    `only`), the largest |activation| of each input channel: path -> [in]."""
+    the module `only`, linear-like), the largest |activation| of each input channel: path -> [in]."""
     stats: dict[str, torch.Tensor] = {}
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
 
@@ -198,7 +198,7 @@ def calibrate(model: nn.Module, batches: list[torch.Tensor], only: nn.Module | N
             return (x[..., -1:, :],) if module is head else None
         return record
     handles = [m.register_forward_pre_hook(hook(p)) for p, m in model.named_modules()
-               if isinstance(m, nn.Linear) and (only is None or m is only)]
+               if m is only or (only is None and isinstance(m, nn.Linear))]
     try:
         with torch.no_grad():
             for ids in batches:

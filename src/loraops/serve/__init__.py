@@ -10,6 +10,7 @@ from importlib import import_module
 
 _EXPORTS = {"Engine": "engine", "EngineConfig": "config", "ServeOptions": "config", "check_options": "config",
             "SamplingParams": "sampling", "lora_reference": "lora_kernels", "lora_sgmv": "lora_kernels",
+            "lora_padded": "lora_kernels",
             "build": "server", "run": "server"}
 __all__ = sorted(_EXPORTS)
 

@@ -32,6 +32,8 @@ class ForwardContext:
     spans: list[SeqSpan]
     cache: object                          # kv.BlockKVCache
     attn_plan: object = None               # kv.AttentionPlan, built by the first attention layer
+    greedy_rows: torch.Tensor | None = None    # [K] bool: kept positions whose token head.py screens
+    greedy_tokens: torch.Tensor | None = None  # [G] their tokens, set by the head during the forward
 
     @classmethod
     def build(cls, slot_per_token: torch.Tensor, spans: list[SeqSpan], cache,

@@ -5,8 +5,10 @@ sequence that just joined (its prefill), one token for the others (decode), foll
 requests by a few guessed tokens that the same forward verifies (speculate.py) — and runs one forward:
 MultiLoRALinear applies each token's adapter (lora_kernels.py) — or, for a composed request
 ("a:0.7+b:0.3", see `parse_model`), the weighted sum of its adapters — paged_attention keeps each
-sequence's keys in the block cache (kv.py). Then every sequence samples its next token; finished
-sequences leave at once and waiting ones join, round-robin across tenants (scheduler.py).
+sequence's keys in the block cache (kv.py); the head (head.py) gives greedy rows their token
+(int8 logits screened, checked in fp32) and the others their logits. Then every sequence takes its
+next token; finished sequences leave at once and waiting ones join, round-robin across tenants
+(scheduler.py).
 
 Threads: the API thread calls the public methods (`submit`, `cancel`, `add_adapter`, ...), which
 only touch the queue under a lock; the engine thread owns the model, the slot pool and the cache;
@@ -35,10 +37,11 @@ from loraops.serve.context import ForwardContext, SeqSpan
 from loraops.serve.errors import (AdapterUnavailableError, BadRequestError, ContextLengthError, InternalError,
                                   ModelNotFoundError, ServeError)
 from loraops.serve.gemm import install_decode_linears
+from loraops.serve.head import install_head
 from loraops.serve.layers import install
 from loraops.serve.sampling import SamplingParams, TextStream, make_generator, sample
 from loraops.serve.scheduler import FairQueue, Sequence
-from loraops.serve.speculate import DraftLength, NgramDrafter
+from loraops.serve.speculate import DraftLength, NgramDrafter, share_budget
 
 log = logging.getLogger("loraops.serve")
 
@@ -139,6 +142,7 @@ class Engine:
         self.metrics = metrics
         self.pool, self.lora_layers = install(self.model, config.max_slots, config.max_rank)
         install_decode_linears(self.model)                 # after install: it wraps nn.Linear paths
+        self.head = install_head(self.model, self.tokenizer) if config.screen_head else None
         kv.register()
         self.model.set_attn_implementation(kv.ATTN_NAME)
         self.attn_modules = [m for m in self.model.modules()
@@ -367,23 +371,33 @@ class Engine:
         slots, weights = pack_terms([(s.slots, [w for _, w in s.terms], sp.hi - sp.lo)
                                      for s, sp in zip(batch, spans)])
         ctx = ForwardContext.build(slots, spans, self.cache, weights)
+        # Greedy rows without a constraint need only their argmax: screened by the head when it can
+        # (head.py), else one batched argmax over the fp32 logits (2x faster than one call per row).
+        plain = [s.params.greedy and s.constraint is None for s, d in zip(batch, drafts) for _ in range(len(d) + 1)]
+        if self.head is not None and any(plain):
+            ctx.greedy_rows = torch.tensor(plain)
         self._bind(ctx)
         try:
             with torch.no_grad():
                 logits = self.model(input_ids=torch.tensor([ids]), position_ids=torch.tensor([pos]),
-                                    use_cache=False, logits_to_keep=torch.tensor(keep)).logits[0]  # [len(keep), V]
+                                    use_cache=False, logits_to_keep=torch.tensor(keep)).logits[0]  # [K or K - G, V]
         finally:
             self._bind(None)
-        # Greedy rows without a constraint: one batched argmax (2x faster than one call per row).
-        plain = any(s.params.greedy and s.constraint is None for s in batch)
-        argmax = logits.argmax(-1).tolist() if plain else None
+        if ctx.greedy_rows is not None:
+            greedy = iter(ctx.greedy_tokens.tolist())
+            others = iter(range(len(plain)))
+            argmax = [next(greedy) if p else None for p in plain]
+            logit_row = [None if p else next(others) for p in plain]
+        else:
+            argmax = logits.argmax(-1).tolist() if any(plain) else None
+            logit_row = list(range(len(plain)))
         row = 0
         for seq, sp, draft in zip(batch, spans, drafts):
             rows = range(row, row + len(draft) + 1)
             row += len(draft) + 1
             seq.computed += sp.hi - sp.lo - len(draft)
             try:
-                accepted = self._verify(seq, logits, rows, draft, argmax)
+                accepted = self._verify(seq, logits, rows, draft, argmax, logit_row)
             except Exception:                              # one request's failure is not the batch's
                 log.exception("request %d failed while sampling", seq.id)
                 seq.sink(ErrorEvent(InternalError("internal error while generating")))
@@ -399,33 +413,34 @@ class Engine:
 
     def _drafts(self, batch: list[Sequence]) -> list[list[int]]:
         """Each decoding sequence's speculative draft (see speculate.py): up to its DraftLength,
-        within its remaining max_tokens, and within the step's token budget, longest-k first."""
+        within its remaining max_tokens, and within the step's token budget, shared so that every
+        sequence's first guesses come before anyone's later ones (`share_budget`)."""
         drafts: list[list[int]] = [[] for _ in batch]
         budget = self.config.speculate_step_tokens - sum(len(s.prompt) if s.computed == 0 else 1 for s in batch)
-        want = {i: s.draft_len.next() for i, s in enumerate(batch) if s.drafter is not None and s.computed > 0}
-        for i in sorted(want, key=lambda i: -want[i]):
-            seq = batch[i]
-            k = min(want[i], budget, seq.params.max_tokens - len(seq.output) - 1)
-            if k <= 0:
-                continue
-            drafts[i] = seq.drafter.propose(k)
-            budget -= len(drafts[i])
+        if budget <= 0:                                    # no room: paused sequences keep their pause
+            return drafts
+        guesses = {i: s.drafter.propose(min(s.draft_len.next(), s.params.max_tokens - len(s.output) - 1))
+                   for i, s in enumerate(batch) if s.drafter is not None and s.computed > 0}
+        give = share_budget([len(g) for g in guesses.values()], budget)
+        for (i, guess), k in zip(guesses.items(), give):
+            drafts[i] = guess[:k]
         return drafts
 
     def _verify(self, seq: Sequence, logits: torch.Tensor, rows: range, draft: list[int],
-                argmax: list[int] | None) -> int:
-        """logits[rows]: [len(draft) + 1, V], the logits after the sequence's last token and after
-        each draft token; argmax: each row's argmax, if computed. Emits tokens as plain decoding
-        would — row i gives token i — while token i equals draft[i] (so row i + 1 saw the right
-        input) and the sequence goes on. Returns how many draft tokens were accepted (their
-        keys/values are valid in the cache)."""
+                argmax: list[int | None] | None, logit_row: list[int | None]) -> int:
+        """rows: the kept positions after the sequence's last token and after each draft token
+        ([len(draft) + 1]); argmax[r]: a greedy row's token, if computed; logits[logit_row[r]]:
+        row r's logits, if computed. Emits tokens as plain decoding would — row i gives token i —
+        while token i equals draft[i] (so row i + 1 saw the right input) and the sequence goes on.
+        Returns how many draft tokens were accepted (their keys/values are valid in the cache)."""
         for i, r in enumerate(rows):
-            if seq.params.greedy and seq.constraint is None and argmax is not None:
+            if argmax is not None and argmax[r] is not None and seq.params.greedy and seq.constraint is None:
                 token = argmax[r]
             else:
+                row = logits[logit_row[r]]
                 if seq.constraint is not None:
-                    seq.constraint.mask(logits[r])         # forbidden tokens -> -inf, in place
-                token = sample(logits[r], seq.params, seq.generator)
+                    seq.constraint.mask(row)               # forbidden tokens -> -inf, in place
+                token = sample(row, seq.params, seq.generator)
             self._emit(seq, token)
             if i == len(draft) or token != draft[i] or seq not in self.running:
                 return i
@@ -436,6 +451,8 @@ class Engine:
             m.serve_ctx = ctx
         for m in self.attn_modules:
             m.serve_ctx = ctx
+        if self.head is not None:
+            self.head.serve_ctx = ctx
 
     def _apply_loads(self) -> None:
         while True:

@@ -1,6 +1,6 @@
 """MultiLoRALinear: a base Linear plus a per-token choice of adapter from the slot pool.
 
-forward(x) = base(x) + Σ_j weight_j · lora_sgmv(x, A, B, scale, term_j)   (see lora_kernels.py)
+forward(x) = base(x) + Σ_j weight_j · delta_j(x)   (term_j.delta, see lora_kernels.py)
 over the LoRA terms of ctx = self.serve_ctx, set by the engine before each forward (see context.py):
 one term for ordinary batches, more when a request composes adapters ("a:0.7+b:0.3").
 """
@@ -13,7 +13,7 @@ from torch import nn
 from loraops.lora import LoRAConfig, select_targets
 from loraops.lora.config import ALL_LINEAR
 from loraops.lora.inject import set_submodule
-from loraops.serve.lora_kernels import live_segments, lora_terms
+from loraops.serve.lora_kernels import lora_terms
 from loraops.serve.slots import SlotPool, SlotTensors
 
 
@@ -30,13 +30,10 @@ class MultiLoRALinear(nn.Module):
         if ctx is None:
             return y
         s = self.slots
-        # Terms where no token uses an adapter on this module cost nothing (an ordinary batch: one term).
-        live = [t for t in ctx.terms if live_segments(t.segs, s.active)]
-        if not live:
-            return y
         x2 = x.reshape(-1, x.shape[-1])                      # [T, in]
-        delta = lora_terms(x2.to(s.A.dtype), s.A, s.B, s.scale, live, s.active)
-        return y + delta.view(y.shape).to(y.dtype)
+        # Terms where no token's adapter has weights on this module cost nothing.
+        delta = lora_terms(x2.to(s.A.dtype), s.A, s.B, s.scale, ctx.terms, s.ranks)
+        return y if delta is None else y + delta.view(y.shape).to(y.dtype)
 
 
 def adaptable_paths(model: nn.Module) -> list[str]:

@@ -25,12 +25,13 @@ from loraops.serve.errors import UnsupportedAdapterError
 
 @dataclass
 class SlotTensors:
-    """The stacked weights of one target module. active[s]: slot s has weights for this module."""
+    """The stacked weights of one target module. ranks[s]: the rank of slot s's adapter on this
+    module (0: no weights here; A[s, ranks[s]:] and B[s, :, ranks[s]:] are zero)."""
 
     A: torch.Tensor        # [N+1, r_max, in]
     B: torch.Tensor        # [N+1, out, r_max]
     scale: torch.Tensor    # [N+1]
-    active: list[bool]
+    ranks: list[int]
 
 
 @dataclass
@@ -50,7 +51,7 @@ class SlotPool:
         n = max_slots + 1
         self.tensors = {path: SlotTensors(torch.zeros(n, max_rank, i, dtype=dtype, device=device),
                                           torch.zeros(n, o, max_rank, dtype=dtype, device=device),
-                                          torch.zeros(n, dtype=dtype, device=device), [False] * n)
+                                          torch.zeros(n, dtype=dtype, device=device), [0] * n)
                         for path, (o, i) in shapes.items()}
         self._resident: OrderedDict[str, int] = OrderedDict()   # key -> slot, least recently used first
         self._pins = [0] * n
@@ -158,7 +159,7 @@ class SlotPool:
                 t.A[slot].zero_()
                 t.B[slot].zero_()
                 t.scale[slot] = 0.0
-                t.active[slot] = m is not None
+                t.ranks[slot] = 0 if m is None else m.r
                 if m is not None:
                     t.A[slot, : m.r].copy_(m.A)            # [r, in] into [r_max, in]
                     t.B[slot, :, : m.r].copy_(m.B)         # [out, r] into [out, r_max]

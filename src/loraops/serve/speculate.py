@@ -95,3 +95,19 @@ class DraftLength:
             self._next_pause = 1
         else:
             self.pause, self._next_pause = self._next_pause, min(2 * self._next_pause, self.MAX_PAUSE)
+
+
+def share_budget(wants: list[int], budget: int) -> list[int]:
+    """Split a step's `budget` of draft tokens among sequences that could use `wants[i]` each, one
+    token per sequence per round (water-filling): every sequence's first guess — the likeliest to
+    be accepted, since guess i + 1 counts only if guess i did — comes before anyone's later ones.
+    Earlier sequences get the remainder of a round. -> tokens per sequence."""
+    give = [0] * len(wants)
+    for level in range(1, max(wants, default=0) + 1):
+        for i, want in enumerate(wants):
+            if budget <= 0:
+                return give
+            if want >= level:
+                give[i] += 1
+                budget -= 1
+    return give

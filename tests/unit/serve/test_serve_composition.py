@@ -119,7 +119,7 @@ def test_composed_greedy_equals_generate_on_the_merged_blend(arch, tmp_path):
 
 
 def test_composed_logits_match_the_merged_blend(tmp_path):
-    engine, paths = make_engine("llama", tmp_path)
+    engine, paths = make_engine("llama", tmp_path, screen_head=False)
     ps = prompts(len(MODELS), seed=5)
     for m, p in zip(MODELS, ps):
         engine.submit("t", m, p, SamplingParams(1, temperature=0.0), Collector())

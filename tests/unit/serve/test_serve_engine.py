@@ -42,7 +42,9 @@ class Collector:
 
 
 def step_logits(engine) -> torch.Tensor:
-    """Run one engine step and return the logits its packed forward produced: [sequences, V]."""
+    """Run one engine step and return the logits its packed forward produced: [sequences, V].
+    For an engine made with screen_head=False (else greedy rows get tokens, not logits)."""
+    assert engine.head is None
     captured = []
     orig = engine.model.forward
 
@@ -64,10 +66,13 @@ def prompts(n, seed=7):
             for _ in range(n)]
 
 
-@pytest.mark.parametrize("arch,speculate", [("llama", 4), ("gemma3", 4), ("gemma3", 0)])
-def test_mixed_batch_greedy_equals_merged_generate(arch, speculate, tmp_path):
-    """With n-gram speculation (the default) too: verified drafts give exactly plain decoding's tokens."""
-    engine, paths = make_engine(arch, tmp_path, max_batch=24, speculate=speculate, speculate_step_tokens=200)
+@pytest.mark.parametrize("arch,speculate,screen", [("llama", 4, True), ("gemma3", 4, True), ("gemma3", 0, False)])
+def test_mixed_batch_greedy_equals_merged_generate(arch, speculate, screen, tmp_path):
+    """With n-gram speculation and the int8-screened greedy head (the defaults) too: verified drafts
+    and screened tokens give exactly plain decoding's tokens."""
+    engine, paths = make_engine(arch, tmp_path, max_batch=24, speculate=speculate, speculate_step_tokens=200,
+                                screen_head=screen)
+    assert (engine.head is not None) == screen
     models = [f"ad{i % 8}" if i % 3 else "tiny" for i in range(24)]   # 8 adapters + base-only
     ps = prompts(24)
     max_new = [24 if i % 2 else 9 for i in range(24)]                 # crosses Gemma's 16-token window
@@ -99,7 +104,7 @@ def test_mixed_batch_greedy_equals_merged_generate(arch, speculate, tmp_path):
 @pytest.mark.parametrize("arch", ["llama", "gemma3"])
 def test_one_mixed_forward_matches_per_row_reference(arch, tmp_path):
     """Logits of one packed multi-adapter forward = each sequence alone through its merged model."""
-    engine, paths = make_engine(arch, tmp_path)
+    engine, paths = make_engine(arch, tmp_path, screen_head=False)
     ps, models = prompts(6, seed=3), ["ad0", "tiny", "ad3", "ad5", "ad0", "ad7"]
     for m, p in zip(models, ps):
         engine.submit("t", m, p, SamplingParams(1, temperature=0.0), Collector())

@@ -29,8 +29,8 @@ def test_mixed_ranks_are_zero_padded(model):
     t = pool.tensors[path]
     assert torch.equal(t.A[slot, :3], a.modules[path].A) and not t.A[slot, 3:].any()
     assert torch.equal(t.B[slot, :, :3], a.modules[path].B) and not t.B[slot, :, 3:].any()
-    assert t.active[slot] and not pool.tensors["model.layers.0.self_attn.k_proj"].active[slot]
-    assert not t.A[0].any() and not t.active[0]
+    assert t.ranks[slot] == 3 and pool.tensors["model.layers.0.self_attn.k_proj"].ranks[slot] == 0
+    assert not t.A[0].any() and t.ranks[0] == 0
 
 
 def test_least_recently_used_is_evicted(model):

@@ -10,7 +10,7 @@ from tiny import BUILDERS
 
 from loraops.lora import read_adapter
 from loraops.serve.sampling import SamplingParams
-from loraops.serve.speculate import DraftLength, NgramDrafter, propose_reference
+from loraops.serve.speculate import DraftLength, NgramDrafter, propose_reference, share_budget
 
 
 @pytest.mark.parametrize("vocab,max_ngram,min_ngram", [(3, 3, 2), (5, 3, 1), (20, 4, 2), (2, 1, 1)])
@@ -55,10 +55,17 @@ def test_draft_length_backs_off_after_rejections_and_recovers():
     assert n.pause == 0 and n._next_pause == DraftLength.MAX_PAUSE
 
 
+def test_the_budget_goes_to_first_guesses_before_later_ones():
+    assert share_budget([4, 4, 4, 4], 6) == [2, 2, 1, 1]
+    assert share_budget([7, 1, 0, 3], 20) == [7, 1, 0, 3]         # room for every guess
+    assert share_budget([7, 1, 0, 3], 6) == [3, 1, 0, 2]
+    assert share_budget([5, 5], 0) == [0, 0] and share_budget([], 5) == []
+
+
 def test_a_speculative_step_keeps_logits_at_every_draft_position(tmp_path):
     """A request whose prompt repeats gets a draft; the step's rows for the last token and each
     draft token equal the merged model's logits at those positions (plain full forward)."""
-    engine, paths = make_engine("llama", tmp_path, speculate=4)
+    engine, paths = make_engine("llama", tmp_path, speculate=4, screen_head=False)
     prompt = [11, 12, 13, 14, 15] * 4
     col = Collector()
     engine.submit("t", "ad2", prompt, SamplingParams(12, temperature=0.0), col)
@@ -127,3 +134,14 @@ def test_drafts_respect_max_tokens_stop_strings_and_the_step_budget(tmp_path):
     engine.submit("t", "ad5", [25, 21, 22, 23] * 5, SamplingParams(20, temperature=0.0, stop=(stop,)), c)
     engine.run_until_idle()
     assert c.done.finish_reason == "stop" and c.text == text[:text.index(stop)]
+
+
+def test_a_step_without_room_for_drafts_does_not_use_up_a_pause(tmp_path):
+    engine, _ = make_engine("llama", tmp_path, speculate=4, speculate_step_tokens=2)
+    for i in range(2):
+        engine.submit("t", f"ad{i}", [11, 12, 13] * 4, SamplingParams(8, temperature=0.0), Collector())
+    engine.step()                                              # the prefills
+    for seq in engine.running:
+        seq.draft_len.pause = 3
+    engine.step()                                              # two decode tokens fill the budget of 2
+    assert [s.draft_len.pause for s in engine.running] == [3, 3] and engine.spec_stats == [0, 0]
