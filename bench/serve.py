@@ -15,9 +15,11 @@ replay the same trace in real time:
                    requests, one `generate(adapter_names=...)` per batch (left padding); a batch
                    runs until its longest request is done, and its requests answer when it ends
 
-Prints tokens/s, p50/p99 time-to-first-token and end-to-end latency, and ratios to PEFT.
+Prints tokens/s, p50/p99 time-to-first-token and end-to-end latency, and ratios to PEFT. With
+--repeat R every system runs R times, round-robin, and each shows its median run.
 
     .venv/bin/python bench/serve.py [--base gemma-3-270m] [--adapters 8,32,128] [--requests 32] [--threads 1]
+                                    [--repeat 3] [--no-peft] [--int8]
 """
 
 from __future__ import annotations
@@ -203,6 +205,7 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--int8", action="store_true", help="also run loraops on an int8 base (serve --quantize int8)")
     p.add_argument("--no-peft", action="store_true", help="skip PEFT (ratios between loraops rows only)")
+    p.add_argument("--repeat", type=int, default=1, help="runs of each system, interleaved; the median is shown")
     p.add_argument("--threads", type=int, default=1, help="torch threads for every system (1: best on a busy CPU)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -218,18 +221,35 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as d:
             paths = make_adapters(base.model, n, args.rank, Path(d))
             tr = trace(args.requests, n, args.rate, base.tokenizer, args.seed, args.min_new, args.max_new)
-            rows = [run_loraops(base, paths, tr, min(args.slots, n), args.batch, False),
-                    run_loraops(base, paths, tr, min(args.slots, n), args.batch, False, speculate=0),
-                    run_loraops(base, paths, tr, min(args.slots, n), args.batch, True)]
-            if not args.no_peft:
-                rows.append(run_peft(base, paths, tr, args.batch))
+            slots = min(args.slots, n)
+            systems = [lambda: run_loraops(base, paths, tr, slots, args.batch, False),
+                       lambda: run_loraops(base, paths, tr, slots, args.batch, False, speculate=0),
+                       lambda: run_loraops(base, paths, tr, slots, args.batch, True)]
             if args.int8:
-                rows.insert(3, run_loraops(base, paths, tr, min(args.slots, n), args.batch, False, int8=True))
+                systems.append(lambda: run_loraops(base, paths, tr, slots, args.batch, False, int8=True))
+            if not args.no_peft:
+                systems.append(lambda: run_peft(base, paths, tr, args.batch))
+            # Round-robin repeats, each system's median run reported: this VM's speed drifts by
+            # ±15% over minutes, and interleaving spreads the drift over every system alike.
+            runs = [[] for _ in systems]
+            for _ in range(args.repeat):
+                for i, system in enumerate(systems):
+                    runs[i].append(system())
+            rows = [median_run(r) for r in runs]
         peft = rows[-1]["tok_s"] if not args.no_peft else float("nan")
         for r in rows:
             print(f"{n:>8} {r['name']:>13} {r['tok_s']:>7.1f} {r['ttft50']:>8.2f}s {r['ttft99']:>6.2f}s "
                   f"{r['lat50']:>7.2f}s {r['lat99']:>6.2f}s {r['tok_s'] / peft:>12.2f}x  {r.get('slots', '')}")
 
+
+def median_run(runs: list[dict]) -> dict:
+    """The run with the median tokens/s, noting the others' range when there are several."""
+    ranked = sorted(runs, key=lambda r: r["tok_s"])
+    out = dict(ranked[len(ranked) // 2])
+    if len(runs) > 1:
+        out["slots"] = (f"median of {len(runs)} (tok/s {ranked[0]['tok_s']:.1f}-{ranked[-1]['tok_s']:.1f}); "
+                        + out.get("slots", ""))
+    return out
 
 if __name__ == "__main__":
     main()

@@ -11,7 +11,7 @@ among them (a slot of rank r < r_max is zero beyond r):
 - `lora_padded`: the k slots' token groups padded to one width L and run as two batched matmuls,
   [k, L, in] @ [k, in, r] and [k, L, r] @ [k, r, out]. About ten tensor ops per layer whatever k,
   which matters on CPU, where a decode step's LoRA matmuls are tiny and per-op overhead is the cost:
-  at 32 tokens over 15 adapters it is 4x faster than one matmul pair per slot (docs/benchmarks.md).
+  at 32 tokens over 13 adapters it is 2.8x faster than one matmul pair per slot (bench/kernels.py).
 - `lora_sgmv`: one matmul pair per slot. For lopsided batches — one sequence's long prompt next
   to other sequences' single decode tokens — where padding every group to the longest would
   multiply the work.
