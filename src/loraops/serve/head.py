@@ -177,7 +177,10 @@ class ServeHead(nn.Module):
             return self.full(x)
         h = x.reshape(-1, x.shape[-1])                                          # [K, d]
         ctx.greedy_tokens = self.screen(h[ctx.greedy_rows])
-        return self.full(h[~ctx.greedy_rows][None])
+        rest = h[~ctx.greedy_rows]
+        if not len(rest):                          # every row greedy: skip the head's empty blocks
+            return h.new_empty(1, 0, self.screen.weight.shape[0])
+        return self.full(rest[None])
 
 
 def install_head(model: nn.Module, tokenizer) -> ServeHead | None:

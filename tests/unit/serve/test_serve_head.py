@@ -76,6 +76,8 @@ def test_serve_head_gives_greedy_rows_tokens_and_the_others_logits():
     assert logits.shape == (1, 2, 300)
     torch.testing.assert_close(logits[0], full(x[0, [1, 4]]))
     assert torch.equal(ctx.greedy_tokens, argmax_reference(x[0, [0, 2, 3]], full.weight))
+    ctx.greedy_rows = torch.ones(5, dtype=torch.bool)                  # all greedy: no logits at all
+    assert head(x).shape == (1, 0, 300) and torch.equal(ctx.greedy_tokens, argmax_reference(x[0], full.weight))
 
 
 @pytest.mark.parametrize("arch", ["llama", "gemma3", "gpt2"])
