@@ -63,15 +63,13 @@ def bench_lora(tokens: int, adapters: int) -> None:
 
 def bench_head(base_name: str) -> None:
     from loraops.models import load_base
-    from loraops.models.quantize import OUTLIER_CHANNELS, calibrate, general_calibration
     from loraops.serve.gemm import HEAD_BLOCK, rows_first_linear
-    from loraops.serve.head import ScreenedArgmax
+    from loraops.serve.head import ScreenedArgmax, head_outliers
 
     base = load_base(base_name)
     model, tok = base.model.eval(), base.tokenizer
     head = model.get_output_embeddings()
-    stats = calibrate(model, general_calibration(tok, texts=4, max_tokens=128), only=head)
-    outliers = stats[next(iter(stats))].topk(OUTLIER_CHANNELS).indices.sort().values
+    outliers = head_outliers(model, tok)
     t0 = time.perf_counter()
     screen = ScreenedArgmax(head.weight, outliers)
     print(f"head  screen built in {time.perf_counter() - t0:.1f} s; lossless on this fbgemm: {screen.lossless()}")
@@ -86,9 +84,8 @@ def bench_head(base_name: str) -> None:
             x = xs[:rows].contiguous()
             fp32 = lambda: rows_first_linear(x, head.weight, None, HEAD_BLOCK).argmax(-1)   # noqa: E731
             assert torch.equal(screen(x), fp32())
-            approx, u_err, u_norm, m = screen._approx(x)
-            bound = ((m * u_err)[:, None] * screen.w_norm[None, :approx.shape[1]]
-                     + (m * u_norm)[:, None] * screen.err_norm[None, :approx.shape[1]])
+            approx, coef = screen._approx(x)
+            bound = screen.bound(coef, torch.arange(approx.shape[1]))
             lower = (x * head.weight[fp32()]).sum(-1)
             cands = (approx + bound >= lower[:, None]).sum(-1).float()
             tf, tsc = best_ms(fp32, 3), best_ms(lambda: screen(x), 3)

@@ -39,12 +39,18 @@ def quantize_activation_reference(x: torch.Tensor) -> torch.Tensor:
     (token) divided by its absmax, then fbgemm's per-tensor quantization (asymmetric, 7-bit range
     because of reduce_range), then scaled back. Returns the dequantized activation. x: [..., in]."""
     m = row_absmax(x)
-    u = x / m
+    return activation_grid(x / m)[0] * m
+
+
+def activation_grid(u: torch.Tensor) -> tuple[torch.Tensor, float, int]:
+    """fbgemm's dynamic quantization of a whole tensor u (reduce_range: 7 bits, one step for
+    the tensor, 0 representable) -> (û: u rounded to that grid, dequantized; the step; the zero
+    point). The grid runs from -zero · step to (127 - zero) · step."""
     lo, hi = min(u.min().item(), 0.0), max(u.max().item(), 0.0)
-    scale = (hi - lo) / 127 or 1.0
-    zero = min(max(round(-lo / scale), 0), 127)
-    inverse = torch.tensor(1.0 / scale, dtype=torch.float32)   # fbgemm multiplies by the fp32 inverse
-    return (torch.clamp(torch.round(u * inverse) + zero, 0, 127) - zero) * scale * m
+    step = (hi - lo) / 127 or 1.0
+    zero = min(max(round(-lo / step), 0), 127)
+    inverse = torch.tensor(1.0 / step, dtype=torch.float32)    # fbgemm multiplies by the fp32 inverse
+    return (torch.clamp(torch.round(u * inverse) + zero, 0, 127) - zero) * step, step, zero
 
 
 def row_absmax(x: torch.Tensor) -> torch.Tensor:

@@ -383,13 +383,15 @@ class Engine:
                                     use_cache=False, logits_to_keep=torch.tensor(keep)).logits[0]  # [K or K - G, V]
         finally:
             self._bind(None)
+        # Per kept row: its greedy token (None: the row samples) and its row in `logits`.
         if ctx.greedy_rows is not None:
             greedy = iter(ctx.greedy_tokens.tolist())
             others = iter(range(len(plain)))
             argmax = [next(greedy) if p else None for p in plain]
             logit_row = [None if p else next(others) for p in plain]
         else:
-            argmax = logits.argmax(-1).tolist() if any(plain) else None
+            top = logits.argmax(-1).tolist() if any(plain) else [None] * len(plain)
+            argmax = [t if p else None for t, p in zip(top, plain)]
             logit_row = list(range(len(plain)))
         row = 0
         for seq, sp, draft in zip(batch, spans, drafts):
@@ -427,14 +429,14 @@ class Engine:
         return drafts
 
     def _verify(self, seq: Sequence, logits: torch.Tensor, rows: range, draft: list[int],
-                argmax: list[int | None] | None, logit_row: list[int | None]) -> int:
+                argmax: list[int | None], logit_row: list[int | None]) -> int:
         """rows: the kept positions after the sequence's last token and after each draft token
-        ([len(draft) + 1]); argmax[r]: a greedy row's token, if computed; logits[logit_row[r]]:
-        row r's logits, if computed. Emits tokens as plain decoding would — row i gives token i —
+        ([len(draft) + 1]); argmax[r]: a greedy row's token (None for rows that sample or follow a
+        grammar); logits[logit_row[r]]: the other rows' logits. Emits tokens as plain decoding would — row i gives token i —
         while token i equals draft[i] (so row i + 1 saw the right input) and the sequence goes on.
         Returns how many draft tokens were accepted (their keys/values are valid in the cache)."""
         for i, r in enumerate(rows):
-            if argmax is not None and argmax[r] is not None and seq.params.greedy and seq.constraint is None:
+            if argmax[r] is not None:
                 token = argmax[r]
             else:
                 row = logits[logit_row[r]]

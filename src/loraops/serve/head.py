@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from loraops.models.quantize import Int8Linear, row_absmax
+from loraops.models.quantize import Int8Linear, activation_grid, row_absmax
 
 log = logging.getLogger("loraops.serve")
 
@@ -83,10 +83,9 @@ class ScreenedArgmax:
 
     def _tokens(self, x: torch.Tensor) -> torch.Tensor:
         rows, vocab = x.shape[0], self.weight.shape[0]
-        approx, u_err, u_norm, m = self._approx(x)                              # [T, V], [T] x3
+        approx, coef = self._approx(x)                                          # [T, V], [T, 3]
         if vocab % BLOCK:
             approx = F.pad(approx, (0, -vocab % BLOCK), value=-math.inf)
-        coef = torch.stack([m * u_err, m * u_norm, FP32_SLACK * x.norm(dim=-1)], 1)  # [T, 3]
         blocks = approx.view(rows, -1, BLOCK)                                   # [T, nb, BLOCK]
         block_max = blocks.amax(-1)                                             # [T, nb]
         # L: the exact logit of approx's argmax.
@@ -98,9 +97,7 @@ class ScreenedArgmax:
         block_bound = coef @ self.block_norms                                   # [T, nb]
         cand_t, cand_b = (block_max + block_bound >= lower[:, None]).nonzero(as_tuple=True)
         ids = cand_b[:, None] * BLOCK + torch.arange(BLOCK)                     # [n, BLOCK]
-        bound = (coef[cand_t, 0:1] * self.w_norm[ids] + coef[cand_t, 1:2] * self.err_norm[ids]
-                 + coef[cand_t, 2:3] * self.full_norm[ids])
-        hit = blocks[cand_t, cand_b] + bound >= lower[cand_t, None]             # [n, BLOCK]
+        hit = blocks[cand_t, cand_b] + self.bound(coef[cand_t], ids) >= lower[cand_t, None]   # [n, BLOCK]
         rows_of = cand_t[:, None].expand_as(ids)[hit]                           # [m]
         ids = ids[hit]                                                          # [m], sorted per row
         exact = (x[rows_of] * self.weight[ids]).sum(-1)                         # [m] fp32 logits
@@ -112,8 +109,15 @@ class ScreenedArgmax:
             tokens[lost] = argmax_reference(x[lost], self.weight)
         return tokens
 
-    def _approx(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """x: [T, d] -> (int8 logits [T, V], ‖u − û‖ [T], ‖û‖ [T], m [T]) (module docstring).
+    def bound(self, coef: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        """The proven |int8 logit − fp32 logit| (module docstring) of tokens `ids` ([T, n]) for rows
+        with bound coefficients `coef` ([T, 3], from `_approx`) -> [T, n]."""
+        return (coef[:, 0:1] * self.w_norm[ids] + coef[:, 1:2] * self.err_norm[ids]
+                + coef[:, 2:3] * self.full_norm[ids])
+
+    def _approx(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x: [T, d] -> (int8 logits [T, V], bound coefficients [T, 3]: m·‖u − û‖, m·‖û‖ and
+        FP32_SLACK·‖x‖, the factors of ‖w_v‖, ‖w_v − ŵ_v‖ and ‖w_v‖_full in the bound).
         We round u to the 7-bit grid ourselves and give fbgemm û plus one extra row holding the
         grid's two ends, so its own quantization (one grid per call, from the input's min and
         max) lands on the same grid and changes nothing: û is known exactly. `lossless` checks
@@ -123,11 +127,12 @@ class ScreenedArgmax:
         m = row_absmax(kept)                                                    # [T, 1]
         u = kept / m
         u_hat, ends = grid_round(u)
-        norms = (u - u_hat).norm(dim=-1), u_hat.norm(dim=-1), m[:, 0]
+        coef = torch.stack([m[:, 0] * (u - u_hat).norm(dim=-1), m[:, 0] * u_hat.norm(dim=-1),
+                            FP32_SLACK * x.norm(dim=-1)], 1)
         y = torch.ops.quantized.linear_dynamic(torch.cat([u_hat, ends]), q.packed, True)[:-1]   # [T, V]
         if q.outliers is not None:                                              # += x[:, k] @ W[:, k]ᵀ, fp32
-            return y.mul_(m).addmm_(x.index_select(1, q.outliers), q.w_outliers_t), *norms
-        return y.mul_(m), *norms
+            return y.mul_(m).addmm_(x.index_select(1, q.outliers), q.w_outliers_t), coef
+        return y.mul_(m), coef
 
     def lossless(self, rows: int = 8, columns: int = 4096, seed: int = 0) -> bool:
         """fbgemm's int8 logits of grid-rounded inputs equal the exact integer products (so the bound
@@ -136,10 +141,11 @@ class ScreenedArgmax:
         g = torch.Generator().manual_seed(seed)
         x = torch.randn(rows, self.weight.shape[1], generator=g)
         x[:, : x.shape[1] // 16] *= 30
-        approx, _, _, m = self._approx(x)
+        approx, _ = self._approx(x)
         cols = torch.linspace(0, self.weight.shape[0] - 1, min(columns, self.weight.shape[0])).long()
         kept = x if self.int8.keep_mask is None else x * self.int8.keep_mask
-        u_hat, _ = grid_round(kept / row_absmax(kept))
+        m = row_absmax(kept)[:, 0]
+        u_hat, _ = grid_round(kept / m[:, None])
         qw, scale = self.int8.int8_weight()
         want = (u_hat.double() @ qw[cols].double().T) * scale[cols].double() * m.double()[:, None]
         if self.int8.outliers is not None:
@@ -150,12 +156,9 @@ class ScreenedArgmax:
 
 def grid_round(u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """u: [T, d] -> (û: u rounded to the 7-bit grid that fbgemm's dynamic quantization picks for
-    it — one step s = (max − min) / 127 for the whole tensor, 0 representable — and a [1, d] row
-    holding the grid's lowest and highest values, so the grid of [û; ends] is the same)."""
-    lo, hi = min(u.min().item(), 0.0), max(u.max().item(), 0.0)
-    step = (hi - lo) / 127 or 1.0
-    zero = min(max(round(-lo / step), 0), 127)
-    u_hat = (torch.clamp(torch.round(u / step) + zero, 0, 127) - zero) * step
+    it (`activation_grid`), and a [1, d] row holding the grid's lowest and highest values, so the
+    grid of [û; ends] is the same)."""
+    u_hat, step, zero = activation_grid(u)
     ends = u.new_zeros(1, u.shape[1])
     ends[0, 0], ends[0, -1] = -zero * step, (127 - zero) * step
     return u_hat, ends
@@ -189,16 +192,13 @@ def install_head(model: nn.Module, tokenizer) -> ServeHead | None:
     logits), on an fbgemm build that passes `lossless`. Returns None (model unchanged) otherwise.
     Its outlier channels come from general text (`calibrate`), like `--quantize int8`'s."""
     from loraops.lora.inject import set_submodule
-    from loraops.models.quantize import OUTLIER_CHANNELS, calibrate, general_calibration
 
     head = model.get_output_embeddings()
     weight = getattr(head, "weight", None)
     if (weight is None or weight.dtype != torch.float32 or getattr(head, "bias", None) is not None
             or getattr(model.config.get_text_config(), "final_logit_softcapping", None) is not None):
         return None
-    stats = calibrate(model, general_calibration(tokenizer, texts=4, max_tokens=128), only=head)
-    outliers = stats[next(iter(stats))].topk(min(OUTLIER_CHANNELS, weight.shape[1] // 4)).indices.sort().values
-    screen = ScreenedArgmax(weight, outliers)
+    screen = ScreenedArgmax(weight, head_outliers(model, tokenizer))
     if not screen.lossless():
         log.warning("fbgemm's int8 kernel does not reproduce the rounding the exact greedy screen relies "
                     "on; greedy tokens use the fp32 head")
@@ -207,3 +207,14 @@ def install_head(model: nn.Module, tokenizer) -> ServeHead | None:
     wrapped = ServeHead(head, screen)
     set_submodule(model, path, wrapped)
     return wrapped
+
+
+def head_outliers(model: nn.Module, tokenizer) -> torch.Tensor:
+    """The output layer's largest input channels on general text (`calibrate`, like
+    `--quantize int8`'s): the ones ScreenedArgmax keeps in fp32. -> [k] sorted channel ids."""
+    from loraops.models.quantize import OUTLIER_CHANNELS, calibrate, general_calibration
+
+    head = model.get_output_embeddings()
+    stats = calibrate(model, general_calibration(tokenizer, texts=4, max_tokens=128), only=head)
+    absmax = stats[next(iter(stats))]
+    return absmax.topk(min(OUTLIER_CHANNELS, len(absmax) // 4)).indices.sort().values
