@@ -3,12 +3,13 @@
 import pytest
 
 from loraops.serve.errors import OverloadedError
+from loraops.serve.model_ref import ModelRef
 from loraops.serve.sampling import SamplingParams
 from loraops.serve.scheduler import FairQueue, Sequence
 
 
 def seq(i, tenant):
-    return Sequence(i, tenant, "m", None, [1, 2], SamplingParams(), lambda ev: None, stream=None)
+    return Sequence(i, tenant, ModelRef.parse("m"), [1, 2], SamplingParams(), lambda ev: None, stream=None)
 
 
 def test_a_flooding_tenant_does_not_starve_others():
