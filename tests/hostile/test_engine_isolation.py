@@ -75,7 +75,8 @@ def test_an_overflowing_adapter_fails_only_its_tenants_requests(isolation_server
         assert r.json()["error"]["code"] == "non_finite_output" and r.json()["error"]["type"] == "server_error"
     assert [r.json()["choices"][0]["text"] for r in good] == [r.json()["choices"][0]["text"] for r in alone]
     assert httpx.get(server.url + "/ready", timeout=10).status_code == 200
-    assert complete(server, GOOD, "a", PROMPTS[0]).json()["choices"][0]["text"] == alone[0].json()["choices"][0]["text"]
+    again = complete(server, GOOD, "a", PROMPTS[0])
+    assert again.json()["choices"][0]["text"] == alone[0].json()["choices"][0]["text"]
 
 
 def test_a_corrupted_adapter_is_a_503_and_the_loader_keeps_loading(isolation_server):

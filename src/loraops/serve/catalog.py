@@ -94,7 +94,7 @@ class AdapterCatalog:
             self.pool.check(adapter)
         except LoraOpsError:
             raise
-        except Exception as e:                       # a file no reader check foresaw: still only this adapter's problem
+        except Exception as e:                       # a case no reader check foresaw: still only this adapter's
             raise AdapterFormatError(f"cannot read the adapter in {path}: {type(e).__name__}: {e}") from e
         return adapter
 

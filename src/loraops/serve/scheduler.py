@@ -173,8 +173,8 @@ class Scheduler:
         with self._lock:
             victim = self.waiting.push(seq)
         if victim is not None:
-            victim.sink(ErrorEvent(OverloadedError("the server's queue is full and this tenant holds more than its "
-                                                   "share of it; retry later")))
+            victim.sink(ErrorEvent(OverloadedError("the server's queue is full and this tenant holds more than "
+                                                   "its share of it; retry later")))
 
     def cancel(self, seq: Sequence) -> None:
         with self._lock:

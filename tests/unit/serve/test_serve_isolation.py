@@ -10,8 +10,9 @@ from tiny import BUILDERS
 from loraops.lora import save_adapter
 from loraops.serve.sampling import SamplingParams
 
+# three greedy requests (different lengths: padded attention spans) and one sampled
 A_REQUESTS = [("ad0", [5, 6, 7, 8, 9], 0.0), ("ad1", [11, 12, 13], 0.0), ("tiny", [20, 21, 22, 23, 24, 25, 26], 0.0),
-              ("ad1", [7, 8, 9, 10], 0.8)]                # three greedy (different lengths: padded spans), one sampled
+              ("ad1", [7, 8, 9, 10], 0.8)]
 
 
 def poison(engine, model_id, kind):
