@@ -122,7 +122,8 @@ class AttentionPlan:
                    [sp for sp in spans if sp.hi - sp.lo > BATCHED_SPAN], {})
 
     def short_mask(self, sliding_window: int | None) -> torch.Tensor:
-        """-> bool [B, 1, n, L]: query i of row b may attend key j (causal, within its window)."""
+        """-> bool [B, 1, n, L]: query i of row b may attend key j (causal, within its window).
+        Memoised per window (a pure function of the plan: the first layer with that window builds it)."""
         if sliding_window not in self._masks:
             mask = _span_mask(self.short_pos, self.short_slots.shape[1], sliding_window)   # [B, n, L]
             self._masks[sliding_window] = mask[:, None]
