@@ -94,7 +94,7 @@ def run_loraops(base, paths, tr, slots: int, batch: int, base_only: bool, int8: 
     spec = {} if speculate is None else {"speculate": speculate}
     engine = Engine(loaded, EngineConfig(max_slots=slots, max_rank=16, max_batch=batch, max_kv_tokens=16384,
                                          max_queue=10_000, max_tokens_cap=max(r[3] for r in tr), **spec))
-    engine.eos_ids = set()                                     # exactly the asked-for tokens per request
+    engine.eos_ids.clear()                                     # exactly the asked-for tokens per request
     names = [] if base_only else [engine.add_adapter(f"ad{i}", p).model_id for i, p in enumerate(paths)]
     engine.start()
     n = len(tr)

@@ -24,12 +24,12 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from loraops.errors import LoraOpsError
-from loraops.serve.engine import (DoneEvent, Engine, ErrorEvent, TokenEvent, check_model_id, model_label,
-                                   parse_model)
+from loraops.serve.engine import DoneEvent, Engine, ErrorEvent, TokenEvent
 from loraops.serve.errors import AuthError, BadRequestError, ModelNotFoundError, ServeError
 from loraops.serve.grammar import InvalidResponseFormatError, RowConstraint, compile_grammar
 from loraops.serve.limits import Limiter
 from loraops.serve.metrics import ServeMetrics
+from loraops.serve.model_ref import ModelRef, Part
 from loraops.serve.protocol import GenerationRequest, parse_chat, parse_completion, parse_json
 from loraops.serve.tenancy import ANONYMOUS, Tenant, Tenants, digest
 
@@ -101,26 +101,25 @@ def create_app(state: AppState) -> FastAPI:
         if not hmac.compare_digest(digest(key), digest(state.admin_key)):
             raise AuthError("invalid admin key")
 
-    def served(model: str) -> bool:
-        if "@" in model and state.pin_version is not None:
-            return state.pin_version(model)                # also marks it recently used
-        return engine.has_model(model)
+    def served(part: Part) -> bool:
+        if part.version is not None and state.pin_version is not None:
+            return state.pin_version(part.id)              # also marks it recently used
+        return engine.has_model(part.id)
 
-    def visible_model(tenant: Tenant, model: str) -> None:
-        """Raise unless `model` (an id or a composition) is one this tenant may use: 400 if malformed,
-        404 for every part that is unknown or not this tenant's. May fetch "name@V" from the
-        registry, which blocks: call it through check_visible."""
-        parts = parse_model(model)
-        for name, _ in parts:
+    def visible_model(tenant: Tenant, model: ModelRef) -> None:
+        """Raise unless `model` (an id or a composition) is one this tenant may use: 404 for every
+        part that is unknown or not this tenant's. May fetch "name@V" from the registry, which
+        blocks: call it through check_visible."""
+        for part in model.parts:
             # The tenant check comes first: another tenant's versions are never looked up or loaded.
-            if not (tenant.can_use(name, engine.base_name) and served(name)):
-                raise ModelNotFoundError(f"the model {name!r} does not exist", param="model")
-            if len(parts) > 1 and name == engine.base_name:
+            if not (tenant.can_use(part.id, engine.base_name) and served(part)):
+                raise ModelNotFoundError(f"the model {part.id!r} does not exist", param="model")
+            if model.is_composition and part.id == engine.base_name:
                 raise BadRequestError("the base model cannot be part of a composition", param="model")
 
-    async def check_visible(tenant: Tenant, model: str) -> None:
+    async def check_visible(tenant: Tenant, model: ModelRef) -> None:
         """visible_model, in a worker thread only when it may block (a registry fetch of "name@V")."""
-        if "@" in model and state.pin_version is not None:
+        if state.pin_version is not None and any(p.version is not None for p in model.parts):
             await run_in_threadpool(visible_model, tenant, model)
         else:
             visible_model(tenant, model)
@@ -156,8 +155,7 @@ def create_app(state: AppState) -> FastAPI:
     @app.get("/v1/models/{model_id}")
     async def get_model(model_id: str, request: Request):
         tenant = tenant_of(request)
-        check_model_id(model_id)                              # a composition is not a model
-        await check_visible(tenant, model_id)
+        await check_visible(tenant, ModelRef.parse(model_id, single=True))   # a composition is not a model
         return {"id": model_id, "object": "model", "created": int(time.time()), "owned_by": tenant.name,
                 "root": engine.base_name}
 
@@ -196,8 +194,9 @@ def create_app(state: AppState) -> FastAPI:
         label_model = "-"
         try:
             req = parse(parse_json(await request.body()))
-            await check_visible(tenant, req.model)
-            label_model = model_label(req.model)
+            model = ModelRef.parse(req.model)             # parsed once: the engine gets this value
+            await check_visible(tenant, model)
+            label_model = model.label
             prompt = await run_in_threadpool(encode, req)
             engine.check_lengths(len(prompt), req.params.max_tokens)
             constraint = await run_in_threadpool(make_constraint, req) if req.schema is not None else None
@@ -214,7 +213,7 @@ def create_app(state: AppState) -> FastAPI:
             except RuntimeError:                              # the event loop is gone (shutdown)
                 pass
         try:
-            seq = engine.submit(tenant.name, req.model, prompt, req.params, sink, constraint)
+            seq = engine.submit(tenant.name, model, prompt, req.params, sink, constraint)
         except ServeError as e:
             lease.release(0)
             count(label_model, tenant.name, e)
@@ -249,9 +248,9 @@ def create_app(state: AppState) -> FastAPI:
             raise BadRequestError("path must be a non-empty string", param="path")
         if not isinstance(force, bool):
             raise BadRequestError("force must be true or false", param="force")
-        check_model_id(name)
+        ref = ModelRef.parse(name, single=True)
         try:
-            entry = await run_in_threadpool(engine.add_adapter, name, path, force)
+            entry = await run_in_threadpool(engine.add_adapter, ref, path, force)
         except ServeError:
             raise
         except LoraOpsError as e:
@@ -263,7 +262,7 @@ def create_app(state: AppState) -> FastAPI:
     @app.delete("/admin/adapters/{name}")
     async def admin_unload(name: str, request: Request):
         require_admin(request)
-        check_model_id(name)
+        name = ModelRef.parse(name, single=True).id
         if not engine.remove_adapter(name):
             raise ModelNotFoundError(f"the model {name!r} does not exist", param="name")
         return {"name": name, "deleted": True}
@@ -282,7 +281,7 @@ class Job:
         self.completion_tokens = 0
 
     def _settle(self, status: int, code: str | None = None, prompt_tokens: int = 0) -> None:
-        m, labels = self.state.metrics, (model_label(self.req.model), self.tenant.name)
+        m, labels = self.state.metrics, (self.seq.model.label, self.tenant.name)
         m.requests.labels(*labels, str(status)).inc()
         if code is not None:
             m.errors.labels(*labels, code).inc()

@@ -1,9 +1,11 @@
 """ForwardContext: what one packed forward needs to know beyond the token ids.
 
-The engine packs every running sequence's new tokens into one row ([1, T]) and, right before the
-forward, assigns one ForwardContext to the `serve_ctx` attribute of every MultiLoRALinear and every
-attention module (see `Engine._bind`). It is not a global: two engines on two models never share
-one, and a module without a context (serve_ctx None) behaves like the plain base module.
+The runner packs every running sequence's new tokens into one row ([1, T]) and, right before the
+forward, assigns one ForwardContext to the `serve_ctx` attribute of every MultiLoRALinear, every
+attention module and the head (see `ModelRunner._bind`). It is complete before the forward and only
+read inside it: what the forward finds out (the head's greedy tokens) comes back as values, never
+written here. It is not a global: two engines on two models never share one, and a module without a
+context (serve_ctx None) behaves like the plain base module.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
+from loraops.serve.kv import AttentionPlan
 from loraops.serve.lora_kernels import LoRATerm
 
 
@@ -31,15 +34,14 @@ class ForwardContext:
     terms: list[LoRATerm]                  # gathered LoRA terms: one, or more for composed requests
     spans: list[SeqSpan]
     cache: object                          # kv.BlockKVCache
-    attn_plan: object = None               # kv.AttentionPlan, built by the first attention layer
+    attn_plan: AttentionPlan | None = None     # how the spans are attended (None: no spans)
     greedy_rows: torch.Tensor | None = None    # [K] bool: kept positions whose token head.py screens
-    greedy_tokens: torch.Tensor | None = None  # [G] their tokens, set by the head during the forward
 
     @classmethod
     def build(cls, slot_per_token: torch.Tensor, spans: list[SeqSpan], cache,
-              weights: torch.Tensor | None = None) -> ForwardContext:
+              weights: torch.Tensor | None = None, greedy_rows: torch.Tensor | None = None) -> ForwardContext:
         """slot_per_token: [T] (one adapter per token) or [J, T] (term j's slot per token, 0: none);
-        weights: [J, T] per-token term weights, None: all 1."""
+        weights: [J, T] per-token term weights, None: all 1; greedy_rows as the field."""
         slots = slot_per_token if slot_per_token.dim() == 2 else slot_per_token[None]   # [J, T]
         terms = []
         for j, idx in enumerate(slots):
@@ -47,4 +49,5 @@ class ForwardContext:
             if w is not None and bool((w[idx != 0] == 1).all()):
                 w = None                            # weight 1 everywhere: exactly the single-adapter path
             terms.append(LoRATerm.of(idx, w))
-        return cls(terms=terms, spans=spans, cache=cache)
+        plan = AttentionPlan.build(spans, cache.null_slot) if spans else None
+        return cls(terms=terms, spans=spans, cache=cache, attn_plan=plan, greedy_rows=greedy_rows)

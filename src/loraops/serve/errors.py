@@ -69,3 +69,10 @@ class InternalError(ServeError):
     """A bug while generating: the request fails with 500 and the server keeps serving."""
 
     status, code, kind = 500, "internal_error", "server_error"
+
+
+class NonFiniteOutputError(ServeError):
+    """The forward produced NaN or infinity in this request's rows (an adapter with non-finite or
+    huge weights, typically): that request fails with 500; the rest of its batch is unaffected."""
+
+    status, code, kind = 500, "non_finite_output", "server_error"

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import logging
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -164,47 +165,74 @@ def grid_round(u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return u_hat, ends
 
 
-class ServeHead(nn.Module):
-    """The engine's output layer. With a context whose `greedy_rows` ([K] bool over the kept
-    positions) is set, it puts those rows' tokens in `ctx.greedy_tokens` ([G], by `screen`) and
-    returns the logits of the other rows only ([1, K - G, V]); otherwise it is `full`."""
+@dataclass(frozen=True)
+class HeadResult:
+    """What the head found out in one forward, besides the logits it returned."""
 
-    def __init__(self, full: nn.Module, screen: ScreenedArgmax):
+    finite: torch.Tensor            # [K] bool: the row's hidden state is finite (NaN/inf rows are unusable)
+    tokens: torch.Tensor | None     # [K] each screened row's greedy token, -1 elsewhere; None: no row screened
+
+
+class ServeHead(nn.Module):
+    """The engine's output layer. It checks every kept row's hidden state for NaN/inf first (a
+    non-finite row would poison the int8 screen's shared activation grid, and its tokens mean
+    nothing). With a context whose `greedy_rows` ([K] bool over the kept positions) is set and a
+    `screen`, it screens the finite greedy rows' tokens and returns the logits of the other rows
+    only ([1, K - G, V]); otherwise it returns `full`'s logits for every row. The runner collects
+    the rest with `take` after the forward."""
+
+    def __init__(self, full: nn.Module, screen: ScreenedArgmax | None = None):
         super().__init__()
         self.full, self.screen = full, screen
         self.serve_ctx = None
+        self._result: HeadResult | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         ctx = self.serve_ctx
-        if ctx is None or ctx.greedy_rows is None:
+        if ctx is None:
             return self.full(x)
         h = x.reshape(-1, x.shape[-1])                                          # [K, d]
-        ctx.greedy_tokens = self.screen(h[ctx.greedy_rows])
-        rest = h[~ctx.greedy_rows]
+        finite = torch.isfinite(h).all(-1)                                      # [K]
+        greedy = ctx.greedy_rows if self.screen is not None else None
+        if greedy is None:
+            self._result = HeadResult(finite, None)
+            return self.full(x)
+        pick = greedy & finite
+        tokens = torch.full((h.shape[0],), -1, dtype=torch.long)
+        if pick.any():
+            tokens[pick] = self.screen(h[pick])
+        self._result = HeadResult(finite, tokens)
+        rest = h[~greedy]
         if not len(rest):                          # every row greedy: skip the head's empty blocks
             return h.new_empty(1, 0, self.screen.weight.shape[0])
         return self.full(rest[None])
 
+    def take(self) -> HeadResult:
+        """The result of the forward that just ran (once)."""
+        result, self._result = self._result, None
+        assert result is not None, "the head did not run in this forward"
+        return result
 
-def install_head(model: nn.Module, tokenizer) -> ServeHead | None:
-    """Wrap `model`'s output layer in a ServeHead when its greedy tokens can be screened exactly:
-    an fp32 head without bias and without logit soft-capping (whose fp32 tanh can tie distinct
-    logits), on an fbgemm build that passes `lossless`. Returns None (model unchanged) otherwise.
-    Its outlier channels come from general text (`calibrate`), like `--quantize int8`'s."""
+
+def install_head(model: nn.Module, tokenizer, screen: bool = True) -> ServeHead:
+    """Wrap `model`'s output layer in a ServeHead (in place). It screens greedy tokens (`screen`)
+    only when that is exact: an fp32 head without bias and without logit soft-capping (whose fp32
+    tanh can tie distinct logits), on an fbgemm build that passes `lossless`. Its outlier channels
+    come from general text (`calibrate`), like `--quantize int8`'s."""
     from loraops.lora.inject import set_submodule
 
     head = model.get_output_embeddings()
     weight = getattr(head, "weight", None)
-    if (weight is None or weight.dtype != torch.float32 or getattr(head, "bias", None) is not None
-            or getattr(model.config.get_text_config(), "final_logit_softcapping", None) is not None):
-        return None
-    screen = ScreenedArgmax(weight, head_outliers(model, tokenizer))
-    if not screen.lossless():
-        log.warning("fbgemm's int8 kernel does not reproduce the rounding the exact greedy screen relies "
-                    "on; greedy tokens use the fp32 head")
-        return None
+    screened = None
+    if screen and (weight is not None and weight.dtype == torch.float32 and getattr(head, "bias", None) is None
+                   and getattr(model.config.get_text_config(), "final_logit_softcapping", None) is None):
+        screened = ScreenedArgmax(weight, head_outliers(model, tokenizer))
+        if not screened.lossless():
+            log.warning("fbgemm's int8 kernel does not reproduce the rounding the exact greedy screen relies "
+                        "on; greedy tokens use the fp32 head")
+            screened = None
     path = next(p for p, m in model.named_modules() if m is head)
-    wrapped = ServeHead(head, screen)
+    wrapped = ServeHead(head, screened)
     set_submodule(model, path, wrapped)
     return wrapped
 

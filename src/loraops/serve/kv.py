@@ -36,6 +36,11 @@ class BlockKVCache:
         self.block_size = block_size
         self.num_blocks = max(1, max_tokens // block_size)
         n = self.num_blocks * block_size
+        # One more slot that nothing writes: padded key positions read it, so a row's masked-out
+        # padding is 0, never another sequence's stale (possibly NaN) keys — 0 weight times a NaN
+        # value is NaN, and would leak one request's numerics into another's.
+        self.null_slot = n
+        n += 1
         self.k = [torch.zeros(n, kv_heads, head_dim, dtype=dtype, device=device) for _ in range(num_layers)]
         self.v = [torch.zeros(n, kv_heads, head_dim, dtype=dtype, device=device) for _ in range(num_layers)]
         self._free = list(range(self.num_blocks - 1, -1, -1))
@@ -95,16 +100,17 @@ class AttentionPlan:
     short_rows: torch.Tensor       # [B, n] packed index of each short span's i-th query (padded: its last)
     short_valid: torch.Tensor      # [B, n] True for real (not padding) queries
     short_pos: torch.Tensor        # [B, n] position of each query in its sequence
-    short_slots: torch.Tensor      # [B, L] cache slots of each short span's keys (0-padded)
+    short_slots: torch.Tensor      # [B, L] cache slots of each short span's keys (padded: the null slot)
     prefill: list                  # [SeqSpan] the spans with more than BATCHED_SPAN new tokens
     _masks: dict
 
     @classmethod
-    def build(cls, spans) -> AttentionPlan:
+    def build(cls, spans, pad_slot: int) -> AttentionPlan:
+        """pad_slot: a cache slot that holds zeros (BlockKVCache.null_slot)."""
         short = [sp for sp in spans if sp.hi - sp.lo <= BATCHED_SPAN]
         n = max((sp.hi - sp.lo for sp in short), default=0)
         width = max((len(sp.read_slots) for sp in short), default=0)
-        slots = torch.zeros(len(short), width, dtype=torch.long)
+        slots = torch.full((len(short), width), pad_slot, dtype=torch.long)
         for b, sp in enumerate(short):
             slots[b, : len(sp.read_slots)] = sp.read_slots
         i = torch.arange(n)
@@ -116,7 +122,8 @@ class AttentionPlan:
                    [sp for sp in spans if sp.hi - sp.lo > BATCHED_SPAN], {})
 
     def short_mask(self, sliding_window: int | None) -> torch.Tensor:
-        """-> bool [B, 1, n, L]: query i of row b may attend key j (causal, within its window)."""
+        """-> bool [B, 1, n, L]: query i of row b may attend key j (causal, within its window).
+        Memoised per window (a pure function of the plan: the first layer with that window builds it)."""
         if sliding_window not in self._masks:
             mask = _span_mask(self.short_pos, self.short_slots.shape[1], sliding_window)   # [B, n, L]
             self._masks[sliding_window] = mask[:, None]
@@ -142,8 +149,6 @@ def paged_attention(module, query: torch.Tensor, key: torch.Tensor, value: torch
     spans (decode tokens and drafts) in one padded batch and each prefill span on its own. Same result as
     `paged_attention_reference`."""
     ctx = module.serve_ctx
-    if ctx.attn_plan is None:
-        ctx.attn_plan = AttentionPlan.build(ctx.spans)
     plan, layer = ctx.attn_plan, module.layer_idx
     kc, vc = ctx.cache.k[layer], ctx.cache.v[layer]                # [slots, Hkv, D]
     kc[plan.write_slots] = key[0].transpose(0, 1).to(kc.dtype)     # [T, Hkv, D]

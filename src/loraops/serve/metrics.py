@@ -2,7 +2,7 @@
 
 Per model and tenant: requests by status, prompt and completion tokens, time to first token, time
 per output token, errors by code. The model label is the adapter id or base name; a composition is
-labelled by its sorted part names without weights (engine.model_label): weights are client input,
+labelled by its sorted part names without weights (ModelRef.label): weights are client input,
 and labels must stay bounded. Engine: batch size, queue depth, KV
 tokens and blocks in use, slot hits / misses / evictions, resident adapters, adapter load time,
 speculative draft tokens verified and accepted.

@@ -1,7 +1,8 @@
 """`loraops serve`: build the engine and the app from options, then run uvicorn.
 
-Adapters given on the command line that fail to load (corrupt files, another base, DoRA) are
-logged with the reason and skipped: the server starts and serves everything else.
+Adapters given on the command line that fail to load (corrupt files, another base, DoRA, or a
+failure nobody foresaw) are logged with the reason and skipped: the server starts and serves
+everything else. Likewise one bad registry version never stops the others from being served.
 With a registry, every adapter's production version is served under its name and the registry is
 polled for promotions and rollbacks (hot reload; running requests finish on their version); a
 request for "name@V" serves that exact (immutable) version, registered on first use.
@@ -30,6 +31,7 @@ class RegistryWatcher:
 
         self.engine, self.poll_s, self.registry = engine, poll_s, Registry()
         self.current: dict[str, tuple[int, str]] = {}
+        self.refused: dict[str, tuple[int, str]] = {}            # production versions that failed to load
         self.max_pinned = max_pinned
         self.pinned: OrderedDict[str, None] = OrderedDict()     # ids registered by `pin`, least recent first
         self._pin_lock = threading.Lock()
@@ -52,8 +54,8 @@ class RegistryWatcher:
                 self.engine.add_adapter(model_id, str(path))
             except NotFoundError:
                 return False
-            except LoraOpsError as e:
-                log.error("registry adapter %s not served: %s", model_id, e)
+            except Exception as e:                         # one bad version: not served, nothing else hurt
+                log.error("registry adapter %s not served: %s", model_id, e, exc_info=not isinstance(e, LoraOpsError))
                 return False
             self.pinned[model_id] = None
             self.pinned.move_to_end(model_id)
@@ -69,15 +71,18 @@ class RegistryWatcher:
     def sync(self) -> None:
         versions = self.registry.production_versions()
         for name, (version, digest) in versions.items():
-            if self.current.get(name) == (version, digest):
-                continue
+            if (version, digest) in (self.current.get(name), self.refused.get(name)):
+                continue                                   # versions are immutable: a failed one stays failed
             try:
                 path = self.registry.fetch(f"{name}@{version}")
                 self.engine.add_adapter(name, str(path))
                 self.current[name] = (version, digest)
                 log.info("serving %s@%d (production)", name, version)
-            except LoraOpsError as e:
-                log.error("registry adapter %s@%d not served: %s", name, version, e)
+            except Exception as e:                         # one bad version: the others are still synced
+                self.refused[name] = (version, digest)
+                log.error("registry adapter %s@%d not served%s: %s", name, version,
+                          "; still serving the previous version" if name in self.current else "", e,
+                          exc_info=not isinstance(e, LoraOpsError))
         for name in set(self.current) - set(versions):
             self.engine.remove_adapter(name)
             del self.current[name]
@@ -126,8 +131,8 @@ def build(opts: ServeOptions):
         try:
             engine.add_adapter(name, path)
             log.info("adapter %s loaded from %s", name, path)
-        except LoraOpsError as e:
-            log.error("adapter %s not loaded: %s", name, e)
+        except Exception as e:                             # one bad adapter must not stop the server
+            log.error("adapter %s not loaded: %s", name, e, exc_info=not isinstance(e, LoraOpsError))
     watcher = RegistryWatcher(engine, opts.registry_poll_s) if opts.registry else None
     admin_key = opts.admin_key or os.environ.get("LORAOPS_ADMIN_KEY") or None
     app = create_app(AppState(engine, tenants, admin_key, metrics,

@@ -12,9 +12,9 @@ from tiny import BUILDERS
 from loraops.lora import Adapter, merge_state_dict, read_adapter
 from loraops.lora.compose import compose
 from loraops.serve.context import ForwardContext
-from loraops.serve.engine import model_label, parse_model
 from loraops.serve.errors import BadRequestError, ModelNotFoundError
 from loraops.serve.lora_kernels import LoRATerm, lora_reference, lora_terms
+from loraops.serve.model_ref import ModelRef
 from loraops.serve.sampling import SamplingParams
 
 # ---- the parser -------------------------------------------------------------------------------
@@ -28,7 +28,7 @@ from loraops.serve.sampling import SamplingParams
     ("a:1.+b:-4.0", [("a", 1.0), ("b", -4.0)]),
 ])
 def test_good_model_ids_parse(model, parts):
-    assert parse_model(model) == parts
+    assert [(p.id, p.weight) for p in ModelRef.parse(model).parts] == parts
 
 
 @pytest.mark.parametrize("model", [
@@ -38,13 +38,14 @@ def test_good_model_ids_parse(model, parts):
 ])
 def test_bad_model_ids_are_a_400_on_model(model):
     with pytest.raises(BadRequestError) as e:
-        parse_model(model)
+        ModelRef.parse(model)
     assert e.value.param == "model"
 
 
 def test_metrics_label_is_the_sorted_names_without_weights():
-    assert model_label("zeta:0.7+alpha@2:0.3") == model_label("alpha@2:-1+zeta:2") == "alpha@2+zeta"
-    assert model_label("zeta") == "zeta"
+    label = ModelRef.parse("zeta:0.7+alpha@2:0.3").label
+    assert label == ModelRef.parse("alpha@2:-1+zeta:2").label == "alpha@2+zeta"
+    assert ModelRef.parse("zeta").label == "zeta"
 
 
 # ---- the kernel -------------------------------------------------------------------------------
@@ -91,8 +92,9 @@ def reference(arch, paths, model):
     builder = BUILDERS[arch]
     if model == "tiny":
         return builder(0)
-    parts = [(read_adapter(paths[n]), w) for n, w in parse_model(model)]
-    if {n for n, _ in parse_model(model)} == {"ad0", "ad4"}:
+    ref = ModelRef.parse(model)
+    parts = [(read_adapter(paths[p.id]), p.weight) for p in ref.parts]
+    if set(ref.adapters) == {"ad0", "ad4"}:
         cat = compose([a for a, _ in parts], [w for _, w in parts], "cat").adapter
         return weighted_merge(builder, [(cat, 1.0)])
     return weighted_merge(builder, parts)

@@ -44,7 +44,7 @@ class Collector:
 def step_logits(engine) -> torch.Tensor:
     """Run one engine step and return the logits its packed forward produced: [sequences, V].
     For an engine made with screen_head=False (else greedy rows get tokens, not logits)."""
-    assert engine.head is None
+    assert engine.runner.head.screen is None
     captured = []
     orig = engine.model.forward
 
@@ -72,7 +72,7 @@ def test_mixed_batch_greedy_equals_merged_generate(arch, speculate, screen, tmp_
     and screened tokens give exactly plain decoding's tokens."""
     engine, paths = make_engine(arch, tmp_path, max_batch=24, speculate=speculate, speculate_step_tokens=200,
                                 screen_head=screen)
-    assert (engine.head is not None) == screen
+    assert (engine.runner.head.screen is not None) == screen
     models = [f"ad{i % 8}" if i % 3 else "tiny" for i in range(24)]   # 8 adapters + base-only
     ps = prompts(24)
     max_new = [24 if i % 2 else 9 for i in range(24)]                 # crosses Gemma's 16-token window
@@ -119,7 +119,7 @@ def test_one_mixed_forward_matches_per_row_reference(arch, tmp_path):
 def test_lora_layers_use_the_kernel_reference_semantics(tmp_path):
     engine, _ = make_engine("llama", tmp_path, n_adapters=3)
     engine.step()                                                     # loads the registered adapters
-    layer = engine.lora_layers[0]
+    layer = engine.runner.lora_layers[0]
     s = layer.slots
     x = torch.randn(5, s.A.shape[2])
     idx = torch.tensor([0, 1, 2, 3, 1])

@@ -74,20 +74,39 @@ def test_serve_head_gives_greedy_rows_tokens_and_the_others_logits():
     logits = head(x)
     assert logits.shape == (1, 2, 300)
     torch.testing.assert_close(logits[0], full(x[0, [1, 4]]))
-    assert torch.equal(ctx.greedy_tokens, argmax_reference(x[0, [0, 2, 3]], full.weight))
+    got = head.take()
+    assert torch.equal(got.tokens[[0, 2, 3]], argmax_reference(x[0, [0, 2, 3]], full.weight))
+    assert got.tokens[[1, 4]].tolist() == [-1, -1] and got.finite.all()
     ctx.greedy_rows = torch.ones(5, dtype=torch.bool)                  # all greedy: no logits at all
-    assert head(x).shape == (1, 0, 300) and torch.equal(ctx.greedy_tokens, argmax_reference(x[0], full.weight))
+    assert head(x).shape == (1, 0, 300) and torch.equal(head.take().tokens, argmax_reference(x[0], full.weight))
+
+
+def test_non_finite_rows_are_flagged_and_kept_out_of_the_screen():
+    """A NaN row in the screen's input would set the int8 grid of every row in its chunk: it is left
+    out, flagged, and the other rows get exactly the tokens they get without it."""
+    full = nn.Linear(48, 300, bias=False)
+    head = ServeHead(full, ScreenedArgmax(full.weight))
+    x = hidden(6, 48)[None]
+    x[0, 2] = float("nan")
+    x[0, 4, 7] = float("inf")
+    head.serve_ctx = ForwardContext(terms=[], spans=[], cache=None, greedy_rows=torch.ones(6, dtype=torch.bool))
+    head(x)
+    got = head.take()
+    assert got.finite.tolist() == [True, True, False, True, False, True]
+    ok = [0, 1, 3, 5]
+    assert torch.equal(got.tokens[ok], argmax_reference(x[0, ok], full.weight))
+    assert got.tokens[[2, 4]].tolist() == [-1, -1]
 
 
 @pytest.mark.parametrize("arch", ["llama", "gemma3", "gpt2"])
 def test_install_head_wraps_fp32_heads(arch):
     model = BUILDERS[arch](0)
     head = install_head(model, tiny_tokenizer())
-    assert head is not None and model.get_output_embeddings() is head
+    assert head.screen is not None and model.get_output_embeddings() is head
 
 
 def test_no_screen_for_soft_capped_logits():
     model = BUILDERS["gemma3"](0)
     model.config.final_logit_softcapping = 30.0                       # Gemma 2 style: tanh can tie logits
-    assert install_head(model, tiny_tokenizer()) is None
-    assert isinstance(model.get_output_embeddings(), nn.Linear)
+    head = install_head(model, tiny_tokenizer())
+    assert head.screen is None and isinstance(head.full, nn.Linear)

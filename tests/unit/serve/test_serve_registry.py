@@ -121,3 +121,23 @@ def test_http_routes_name_at_version_per_tenant(tmp_path):
             assert complete("other@1", key="sk-beta-12345678").status_code == 200
     finally:
         engine.stop()
+
+
+def test_a_production_version_that_cannot_be_served_keeps_the_previous_one(tmp_path, caplog):
+    """inv@3 (rank 16, above this server's max rank) is promoted: the watcher logs it once, keeps
+    serving inv@2, and still syncs the other adapters; versions given as "inv@02" are the same pin."""
+    engine, watcher = versions_engine(tmp_path)
+    big = save_adapter(random_adapter(tiny_llama(0), 16, ["q_proj"], seed=3,
+                                      meta={"base_fingerprint": FP, "base_name": "tiny"}), tmp_path / "v3")
+    reg = watcher.registry
+    reg.push(big, "inv", tenant="acme")
+    reg.promote("inv", 3)
+    reg.promote("other", 1)
+    before = run(engine, "inv")[0].tokens
+    watcher.sync()
+    watcher.sync()                                             # versions are immutable: not retried
+    assert sum("inv@3 not served" in r.message for r in caplog.records) == 1
+    assert "still serving the previous version" in caplog.text
+    assert watcher.pin("inv@2")
+    assert run(engine, "inv")[0].tokens == before == run(engine, "inv@02")[0].tokens
+    assert engine.has_model("other")

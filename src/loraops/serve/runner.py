@@ -1,0 +1,176 @@
+"""The model runner: pack one Batch into a single forward and return what it computed, as values.
+
+`pack` lays every sequence's fed tokens end to end in one row ([1, T]) with their positions, KV
+spans, LoRA slot terms, and the positions whose logits are kept (each sequence's last fed token
+and each draft token). `ModelRunner.run` binds a ForwardContext to the LoRA layers, the attention
+modules and the head, runs the model once, and returns a StepOutput: per sequence, its greedy
+tokens (screened by the head, else one batched argmax) or its logits rows, or the error that fails
+it alone.
+
+Fault isolation. One request's values must never fail another's. Everything in the forward is
+per token or per sequence (the attention's padding reads a zero cache slot, the LoRA kernels'
+padding rows are discarded), so a NaN/inf from one sequence's adapter stays in that sequence's
+rows; the head flags such rows before anything mixes rows (the int8 screen), and that sequence
+gets a 500 non_finite_output. If the batched forward raises, the batch is run again in halves, down
+to the sequence that raises, which alone fails with a 500.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from loraops.serve import kv
+from loraops.serve.config import EngineConfig
+from loraops.serve.context import ForwardContext, SeqSpan
+from loraops.serve.errors import InternalError, NonFiniteOutputError, ServeError
+from loraops.serve.gemm import install_decode_linears
+from loraops.serve.head import install_head
+from loraops.serve.layers import install
+from loraops.serve.scheduler import Batch
+
+log = logging.getLogger("loraops.serve")
+
+
+@dataclass
+class Packed:
+    """One batch laid out as the model's input. K kept rows: per sequence, one for its last fed
+    token and one per draft token, in batch order."""
+
+    ids: torch.Tensor          # [1, T] token ids
+    pos: torch.Tensor          # [1, T] their positions in their sequences
+    keep: torch.Tensor         # [K] packed index of each kept row
+    spans: list[SeqSpan]       # per sequence
+    slots: torch.Tensor        # [J, T] term j's adapter slot per token (0: none)
+    weights: torch.Tensor      # [J, T] term j's weight per token
+    rows: list[int]            # [B] kept rows per sequence
+    greedy: torch.Tensor       # [K] bool: the row needs only its argmax
+
+
+def pack(batch: Batch, cache: kv.BlockKVCache) -> Packed:
+    ids, pos, keep, spans, greedy, rows = [], [], [], [], [], []
+    for seq, new, draft in zip(batch.seqs, batch.new, batch.drafts):
+        fed = new + draft
+        lo, start, end = len(ids), seq.computed, seq.computed + len(fed)
+        ids += fed
+        pos += range(start, end)
+        spans.append(SeqSpan(lo, len(ids), start, cache.slots(seq.id, start, end), cache.slots(seq.id, 0, end)))
+        keep += range(len(ids) - 1 - len(draft), len(ids))    # the last token's logits, and each draft's
+        rows.append(len(draft) + 1)
+        greedy += [not seq.wants_logits] * (len(draft) + 1)
+    slots, weights = pack_terms([(seq.slots, [w for _, w in seq.terms], sp.hi - sp.lo)
+                                 for seq, sp in zip(batch.seqs, spans)])
+    return Packed(torch.tensor([ids]), torch.tensor([pos]), torch.tensor(keep), spans, slots, weights, rows,
+                  torch.tensor(greedy, dtype=torch.bool))
+
+
+def pack_terms(rows: list[tuple[list[int], list[float], int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per sequence (slots of its terms, their weights, its token count) -> slots: [J, T] and
+    weights: [J, T] over the packed tokens, J = the most terms of any sequence (at least 1).
+    A sequence with fewer terms gets slot 0 (no adapter) in the others."""
+    n_terms = max([len(slots) for slots, _, _ in rows] + [1])
+    slots = [[s[j] if j < len(s) else 0 for s, _, n in rows for _ in range(n)] for j in range(n_terms)]
+    weights = [[w[j] if j < len(w) else 0.0 for _, w, n in rows for _ in range(n)] for j in range(n_terms)]
+    return torch.tensor(slots, dtype=torch.long), torch.tensor(weights)
+
+
+@dataclass
+class StepOutput:
+    """Per sequence of the batch, in order, exactly one of: its kept rows' greedy tokens (a plain
+    greedy sequence), its kept rows' logits [rows, V] (one that samples or follows a grammar), or
+    the error that fails it."""
+
+    tokens: list[list[int] | None]
+    logits: list[torch.Tensor | None]
+    errors: list[ServeError | None]
+
+    def __add__(self, other: StepOutput) -> StepOutput:
+        return StepOutput(self.tokens + other.tokens, self.logits + other.logits, self.errors + other.errors)
+
+    @classmethod
+    def failed(cls, n: int, error: ServeError) -> StepOutput:
+        return cls([None] * n, [None] * n, [error] * n)
+
+
+class ModelRunner:
+    """Owns the model with its serving modules installed (LoRA slot layers, rows-first linears, the
+    head, paged attention) and the KV cache; only the engine thread calls `run`."""
+
+    def __init__(self, model: nn.Module, tokenizer, config: EngineConfig):
+        self.model = model
+        self.pool, self.lora_layers = install(model, config.max_slots, config.max_rank)
+        install_decode_linears(model)                     # after install: it wraps nn.Linear paths
+        self.head = install_head(model, tokenizer, screen=config.screen_head)
+        kv.register()
+        model.set_attn_implementation(kv.ATTN_NAME)
+        self.attn_modules = [m for m in model.modules()
+                             if hasattr(m, "layer_idx") and type(m).__name__.endswith("Attention")]
+        mc = model.config.get_text_config()
+        head_dim = getattr(mc, "head_dim", None) or mc.hidden_size // mc.num_attention_heads
+        kv_heads = getattr(mc, "num_key_value_heads", None) or mc.num_attention_heads
+        dtype = next(model.parameters()).dtype
+        self.cache = kv.BlockKVCache(mc.num_hidden_layers, kv_heads, head_dim, config.max_kv_tokens,
+                                     config.block_size, dtype)
+        self.max_context = min(getattr(mc, "max_position_embeddings", 2048), self.cache.capacity_tokens)
+
+    def run(self, batch: Batch) -> StepOutput:
+        try:
+            return self.forward(batch)
+        except Exception:
+            if len(batch) == 1:
+                log.exception("request %d failed in the forward", batch.seqs[0].id)
+                return StepOutput.failed(1, InternalError("internal error while generating"))
+            log.warning("a forward of %d sequences failed; running it again in halves to find the request "
+                        "that fails", len(batch), exc_info=True)
+            left, right = batch.split()
+            return self.run(left) + self.run(right)
+
+    def forward(self, batch: Batch) -> StepOutput:
+        p = pack(batch, self.cache)
+        screen = self.head.screen is not None and bool(p.greedy.any())
+        ctx = ForwardContext.build(p.slots, p.spans, self.cache, p.weights,
+                                   greedy_rows=p.greedy if screen else None)
+        self._bind(ctx)
+        try:
+            with torch.no_grad():
+                logits = self.model(input_ids=p.ids, position_ids=p.pos, use_cache=False,
+                                    logits_to_keep=p.keep).logits[0]     # [K, V], or [K - G, V] screened
+            head = self.head.take()
+        finally:
+            self._bind(None)
+        finite = head.finite.tolist()
+        if head.tokens is not None:
+            tokens = head.tokens.tolist()
+        else:   # one batched argmax over the fp32 logits (2x faster than one call per row)
+            tokens = logits.argmax(-1).tolist() if bool(p.greedy.any()) else [None] * len(finite)
+        out = StepOutput([], [], [])
+        row = logit_row = 0
+        for seq, n in zip(batch.seqs, p.rows):
+            greedy = not seq.wants_logits
+            ok = all(finite[row:row + n])
+            out.errors.append(None if ok else non_finite(seq))
+            out.tokens.append(tokens[row:row + n] if ok and greedy else None)
+            if not greedy or not screen:                   # this sequence's rows are in `logits`
+                out.logits.append(logits[logit_row:logit_row + n] if ok and not greedy else None)
+                logit_row += n
+            else:
+                out.logits.append(None)
+            row += n
+        return out
+
+    def _bind(self, ctx: ForwardContext | None) -> None:
+        for m in self.lora_layers:
+            m.serve_ctx = ctx
+        for m in self.attn_modules:
+            m.serve_ctx = ctx
+        self.head.serve_ctx = ctx
+
+
+def non_finite(seq) -> NonFiniteOutputError:
+    log.warning("request %d (%s): the forward produced NaN/inf in its rows; failing it alone", seq.id, seq.model)
+    hint = f"; its adapters ({', '.join(seq.model.adapters)}) may hold non-finite or very large weights" \
+        if seq.terms else ""
+    return NonFiniteOutputError(f"the model produced non-finite values (NaN or infinity) for this request{hint}")
