@@ -82,3 +82,67 @@ def save_tiny(path, arch: str = "llama", seed: int = 0):
     model.save_pretrained(path, safe_serialization=True)
     tiny_tokenizer().save_pretrained(path)
     return path
+
+
+# ---- diffusion: a tiny Stable-Diffusion-style pipeline (UNet, CLIP text encoder, VAE, scheduler) ----
+
+def tiny_unet(seed: int = 0):
+    from diffusers import UNet2DConditionModel
+
+    torch.manual_seed(seed)
+    return UNet2DConditionModel(
+        sample_size=8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(8, 16),
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=16, attention_head_dim=2, norm_num_groups=4).eval()
+
+
+def tiny_clip_text(seed: int = 0):
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    torch.manual_seed(seed)
+    cfg = CLIPTextConfig(vocab_size=VOCAB, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                         num_attention_heads=2, max_position_embeddings=32, pad_token_id=0, bos_token_id=1,
+                         eos_token_id=2)
+    return CLIPTextModel(cfg).eval()
+
+
+def tiny_vae(seed: int = 0):
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(seed)
+    return AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 8),
+                         down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+                         norm_num_groups=4, sample_size=16).eval()
+
+
+def tiny_components(seed: int = 0):
+    """What an SD adapter changes, as loraops holds it: {"unet", "text_encoder"} in one module."""
+    return torch.nn.ModuleDict({"unet": tiny_unet(seed), "text_encoder": tiny_clip_text(seed)})
+
+
+def unet_inputs(batch: int = 2, seed: int = 1) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    return {"sample": torch.randn(batch, 4, 8, 8, generator=g), "timestep": torch.tensor([3, 500])[:batch],
+            "encoder_hidden_states": torch.randn(batch, 6, 16, generator=g)}
+
+
+def save_tiny_sd(path, seed: int = 0):
+    """A diffusers pipeline directory (model_index.json, unet/, text_encoder/, tokenizer/, vae/,
+    scheduler/) of tiny random models, laid out like runwayml/stable-diffusion-v1-5."""
+    import json
+    from pathlib import Path
+
+    from diffusers import DDPMScheduler
+
+    path = Path(path)
+    tiny_unet(seed).save_pretrained(path / "unet", safe_serialization=True)
+    tiny_clip_text(seed).save_pretrained(path / "text_encoder", safe_serialization=True)
+    tiny_vae(seed).save_pretrained(path / "vae", safe_serialization=True)
+    tiny_tokenizer().save_pretrained(path / "tokenizer")
+    DDPMScheduler(num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085,
+                  beta_end=0.012).save_pretrained(path / "scheduler")
+    (path / "model_index.json").write_text(json.dumps({
+        "_class_name": "StableDiffusionPipeline", "unet": ["diffusers", "UNet2DConditionModel"],
+        "text_encoder": ["transformers", "CLIPTextModel"], "tokenizer": ["transformers", "PreTrainedTokenizerFast"],
+        "vae": ["diffusers", "AutoencoderKL"], "scheduler": ["diffusers", "DDPMScheduler"]}, indent=2))
+    return path

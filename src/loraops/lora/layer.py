@@ -24,10 +24,13 @@ def is_adaptable(module: nn.Module) -> bool:
 
 
 def weight_out_in(module: nn.Module) -> torch.Tensor:
-    """The base weight as [out, in] (GPT-2's Conv1D stores it transposed, [in, out])."""
+    """The base weight as [out, in] (GPT-2's Conv1D stores it transposed, [in, out]; an nn.ConvNd
+    kernel [out, in, *k] is flattened to [out, in·∏k], see conv.py)."""
     if hasattr(module, "dequantize_weight"):
         return module.dequantize_weight()
-    return module.weight.T if isinstance(module, Conv1D) else module.weight
+    if isinstance(module, Conv1D):
+        return module.weight.T
+    return module.weight.flatten(1)
 
 
 class LoRALinear(nn.Module):
