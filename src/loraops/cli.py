@@ -205,12 +205,37 @@ def merge_cmd(
     tolerance: float = typer.Option(1e-3, help="Max abs logit difference allowed between merged and unmerged."),
     force: bool = typer.Option(False, help="Load even if the adapter is bound to a different base."),
 ) -> None:
-    """Fold an adapter into its base and write a plain transformers model directory."""
+    """Fold an adapter into its base and write a plain transformers model directory (for a diffusers
+    pipeline base: a whole pipeline directory with the merged UNet/text encoder)."""
     from loraops.models.merge_model import merge_to_dir
 
     report = merge_to_dir(base, _adapter_source(adapter)[0], out_dir, tolerance=tolerance, force=force)
     out.print(f"[green]merged[/] {adapter} into {report.base_name} -> {out_dir}\n"
               f"max |logits merged - unmerged| = {report.max_abs_diff:.3e} (tolerance {tolerance:g})")
+
+
+# ---- convert ---------------------------------------------------------------------------------
+
+
+@app.command("convert")
+def convert_cmd(
+    src: Path = typer.Argument(..., help="A Stable Diffusion LoRA: loraops/PEFT directory, diffusers "
+                                         "pytorch_lora_weights.safetensors (or its directory), or a kohya/A1111 "
+                                         ".safetensors file."),
+    base: str = typer.Option(..., help="The diffusers pipeline directory it is for (names are resolved and "
+                                       "the fit is checked against it)."),
+    out_path: Path = typer.Option(..., "--out", help="Directory (peft, diffusers) or .safetensors file (kohya)."),
+    to: str = typer.Option("peft", help="peft (a loraops adapter directory) | diffusers | kohya"),
+    force: bool = typer.Option(False, help="Convert even if the adapter is bound to a different base."),
+) -> None:
+    """Convert a diffusion LoRA between the loraops/PEFT, diffusers and kohya formats (pickle refused)."""
+    from loraops.lora.convert import write
+    from loraops.models.diffusion import import_adapter
+
+    adapter = import_adapter(src, base, force=force)
+    write(adapter, out_path, to)
+    convs = sum(1 for m in adapter.modules.values() if m.kernel_size)
+    out.print(f"[green]converted[/] {src} -> {out_path} ({to}; {len(adapter.modules)} modules, {convs} convs)")
 
 
 # ---- compose ---------------------------------------------------------------------------------

@@ -108,6 +108,27 @@ def max_output_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> f
     return max((a[k].float() - b[k].float()).abs().max().item() for k in a)
 
 
+def import_adapter(src: str | Path, base: str, force: bool = False) -> Adapter:
+    """Read an SD adapter in any format (lora/convert.py) for the pipeline `base`, check that it
+    fits the base exactly (modules and shapes), and bind it to the base's fingerprint unless it
+    already names one (then the binding is checked)."""
+    from loraops.lora.convert import detect, read_any
+    from loraops.models.load import check_base
+
+    detect(Path(src))  # a pickle or missing file fails before minutes of loading a base
+    info = resolve_base(base, progress=True)
+    if not is_pipeline_dir(info.path):
+        raise ModelNotFoundError(f"{base} is not a diffusers pipeline directory (no model_index.json)")
+    components = load_components(info.path)
+    adapter = read_any(src, {p for p, _ in components.named_modules()})
+    check_base(adapter, info.name, info.fingerprint, force)
+    apply_adapter(components, adapter)
+    adapter.meta.setdefault("base_fingerprint", info.fingerprint)
+    adapter.meta.setdefault("base_name", info.name)
+    adapter.meta.setdefault("imported_from", str(src))
+    return adapter
+
+
 def merge_pipeline_to_dir(info: BaseInfo, adapter: Adapter, out_dir: str | Path, tolerance: float
                           ) -> float:
     """Fold `adapter` into the pipeline at `info.path` and write a whole pipeline directory (the
@@ -115,6 +136,9 @@ def merge_pipeline_to_dir(info: BaseInfo, adapter: Adapter, out_dir: str | Path,
     the unmerged adapter's within `tolerance`. -> the max abs difference."""
     from transformers import AutoTokenizer
 
+    from loraops.lora.diffusers_format import rooted
+
+    adapter = rooted(adapter)
     components = load_components(info.path)
     tokenizer = AutoTokenizer.from_pretrained(info.path / "tokenizer")
     merged = copy.deepcopy(components)
