@@ -146,3 +146,39 @@ def save_tiny_sd(path, seed: int = 0):
         "text_encoder": ["transformers", "CLIPTextModel"], "tokenizer": ["transformers", "PreTrainedTokenizerFast"],
         "vae": ["diffusers", "AutoencoderKL"], "scheduler": ["diffusers", "DDPMScheduler"]}, indent=2))
     return path
+
+
+# ---- encoders: a tiny BERT checkpoint as a pretrained one ships (masked-LM head, no classifier) ----
+
+def tiny_encoder_tokenizer() -> PreTrainedTokenizerFast:
+    tok = tiny_tokenizer()
+    tok.add_special_tokens({"mask_token": "<mask>"})
+    return tok
+
+
+def save_tiny_encoder(path, seed: int = 0):
+    """A BertForMaskedLM directory (safetensors + tokenizer with a mask token), like bert-base-uncased:
+    loading it for classification initialises the pooler and the classifier."""
+    from transformers import BertForMaskedLM
+
+    tok = tiny_encoder_tokenizer()
+    torch.manual_seed(seed)
+    cfg = BertConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                     num_attention_heads=4, max_position_embeddings=128, pad_token_id=tok.pad_token_id)
+    BertForMaskedLM(cfg).save_pretrained(path, safe_serialization=True)
+    tok.save_pretrained(path)
+    return path
+
+
+def sentiment_records(n: int = 48, seed: int = 0) -> list[dict]:
+    """{"text", "label"} lines a tiny encoder can learn: the label is which word set the text uses."""
+    import random
+
+    rng = random.Random(seed)
+    words = {"pos": ["great", "good", "happy", "love"], "neg": ["bad", "awful", "sad", "hate"],
+             "neutral": ["table", "invoice", "number", "today"]}
+    out = []
+    for i in range(n):
+        label = ["pos", "neg", "neutral"][i % 3]
+        out.append({"text": " ".join(rng.choice(words[label]) for _ in range(4)) + f" {i}", "label": label})
+    return out
