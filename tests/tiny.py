@@ -182,3 +182,20 @@ def sentiment_records(n: int = 48, seed: int = 0) -> list[dict]:
         label = ["pos", "neg", "neutral"][i % 3]
         out.append({"text": " ".join(rng.choice(words[label]) for _ in range(4)) + f" {i}", "label": label})
     return out
+
+
+def save_image_captions(path, n: int = 6, size: int = 16, seed: int = 0):
+    """A DreamBooth-style folder: n small images (a coloured square on noise) and NAME.txt captions."""
+    import numpy as np
+    from pathlib import Path
+    from PIL import Image
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        img = rng.integers(0, 64, (size + 4, size, 3), dtype=np.uint8)  # not square: exercises the crop
+        img[4:12, 4:12] = (200, 40 + 20 * i, 40)
+        Image.fromarray(img).save(path / f"img{i}.png")
+        (path / f"img{i}.txt").write_text("a photo of sks square")
+    return path

@@ -59,6 +59,8 @@ def load_components(path: Path, dtype: torch.dtype = torch.float32) -> nn.Module
 
 
 def load_diffusion_base(spec: str, for_training: bool = False, dtype: torch.dtype = torch.float32) -> DiffusionBase:
+    """For training the components and the VAE go to the GPU when there is one (SD 1.5 at 512 px is
+    impractical on a CPU); the LoRA tensors follow them."""
     from transformers import AutoTokenizer
 
     info = resolve_base(spec, progress=True)
@@ -70,8 +72,10 @@ def load_diffusion_base(spec: str, for_training: bool = False, dtype: torch.dtyp
     if for_training:
         from diffusers import AutoencoderKL, DDPMScheduler
 
+        device = "cuda" if torch.cuda.is_available() else "cpu"
         base.vae = AutoencoderKL.from_pretrained(info.path / "vae", torch_dtype=dtype,
-                                                 use_safetensors=True).eval().requires_grad_(False)
+                                                 use_safetensors=True).eval().requires_grad_(False).to(device)
+        base.model.to(device)
         base.noise_scheduler = DDPMScheduler.from_pretrained(info.path / "scheduler")
     return base
 
