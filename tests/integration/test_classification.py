@@ -109,3 +109,14 @@ def test_the_promotion_gate_applies(trained, tmp_path):
         ok, why = PromotionGate(GateConfig(margin=1.0), base=str(enc), data=root / "data",
                                 eval_config=small)(reg, "sentiment", 1)
         assert not ok  # no gain can beat a margin of 1.0 (reuses the stored evaluation)
+
+
+def test_merge_writes_a_classifier_with_the_adapters_logits(trained, tmp_path):
+    from transformers import AutoModelForSequenceClassification
+
+    from loraops.models.merge_model import merge_to_dir
+
+    _, enc, _, result = trained
+    report = merge_to_dir(str(enc), result.adapter_dir, tmp_path / "merged", tolerance=1e-4)
+    merged = AutoModelForSequenceClassification.from_pretrained(tmp_path / "merged").eval()
+    assert merged.config.id2label == dict(enumerate(LABELS)) and report.max_abs_diff <= 1e-4

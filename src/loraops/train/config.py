@@ -71,8 +71,8 @@ class TrainConfig:
             raise ConfigError(f"task must be one of {', '.join(TASKS)}, got {self.task!r}")
         if self.targets is None:
             self.targets = DEFAULT_TARGETS[self.task]
-        if self.task != "lm" and (self.quantize or self.replay):
-            raise ConfigError("--quantize and --replay are for the lm task only")
+        if self.task != "lm" and (self.quantize or self.replay or self.precision != "fp32" or self.grad_checkpointing):
+            raise ConfigError("--quantize, --replay, --precision bf16 and --grad-checkpointing are for the lm task only")
         if self.class_weights is not None and self.task != "classification":
             raise ConfigError("--class-weights is for --task classification")
         _positive("resolution", self.resolution)

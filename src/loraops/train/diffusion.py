@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from loraops.errors import TrainDataError
+from loraops.errors import ConfigError, TrainDataError
 from loraops.train.config import TrainConfig
 from loraops.train.task import EpochPlan, shuffled
 
@@ -99,6 +99,9 @@ class DiffusionTask:
     unit = "images"
 
     def __init__(self, base, data: ImageCaptions, cfg: TrainConfig):
+        if "text_encoder_2" in base.model:
+            raise ConfigError("diffusion training supports SD 1.x/2.x pipelines; SDXL's UNet needs pooled text "
+                              "embeddings and time ids this trainer does not compute")
         self.cfg, self.base = cfg, base
         self.scheduler = base.noise_scheduler
         self.prediction = self.scheduler.config.prediction_type
