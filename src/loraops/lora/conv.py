@@ -13,8 +13,6 @@ over all of a filter's [in, *k] entries.
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -22,6 +20,7 @@ from torch import nn
 from loraops.errors import AdapterFormatError, TargetNotFoundError
 from loraops.lora import merge
 from loraops.lora.adapter import ModuleLoRA
+from loraops.lora.layer import init_lora_, load_lora_weights_, lora_weights, merge_into_base_, unmerge_from_base_
 
 _CONV_FN = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 
@@ -82,18 +81,7 @@ class LoRAConv(nn.Module):
         self.reset_parameters(init)
 
     def reset_parameters(self, init: str = "default") -> None:
-        """As LoRALinear's (PEFT's): kaiming-uniform over the fan-in in·∏k, or N(0, 1/r); B zero."""
-        with torch.no_grad():
-            if init == "gaussian":
-                nn.init.normal_(self.lora_A, std=1 / self.lora_A.shape[0])
-            else:
-                nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
-            if init == "random":
-                nn.init.normal_(self.lora_B, std=0.02)
-            else:
-                self.lora_B.zero_()
-            if self.magnitude is not None:
-                self.magnitude.copy_(merge.row_norm(self.base_weight(), self.delta()))
+        init_lora_(self, init)
 
     def base_weight(self) -> torch.Tensor:
         """[out, in·∏k]"""
@@ -104,17 +92,10 @@ class LoRAConv(nn.Module):
         return merge.lora_delta(self.lora_A.flatten(1), self.lora_B.flatten(1), self.scale)
 
     def weights(self) -> ModuleLoRA:
-        mag = self.magnitude.detach().clone() if self.magnitude is not None else None
-        return ModuleLoRA(self.lora_A.detach().flatten(1).clone(), self.lora_B.detach().flatten(1).clone(),
-                          self.scale, mag, tuple(self.base.kernel_size))
+        return lora_weights(self, tuple(self.base.kernel_size))
 
     def load_weights(self, w: ModuleLoRA) -> None:
-        with torch.no_grad():
-            self.lora_A.copy_(w.A.view_as(self.lora_A))
-            self.lora_B.copy_(w.B.view_as(self.lora_B))
-            self.scale = w.scale
-            if self.magnitude is not None:
-                self.magnitude.copy_(w.magnitude)
+        load_lora_weights_(self, w)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: [batch, in, *spatial] -> [batch, out, *spatial']"""
@@ -137,26 +118,11 @@ class LoRAConv(nn.Module):
         dora = (mag_scale - 1) * base_out + mag_scale * lora * self.scale
         return out + dora.to(out.dtype)
 
-    @torch.no_grad()
     def merge_(self) -> None:
-        if self.merged:
-            return
-        self._pre_merge = self.base.weight.detach().clone()
-        merged = merge.merge_weight(self.base_weight(), self.weights())
-        self.base.weight.copy_(merged.view_as(self.base.weight))
-        self.merged = True
+        merge_into_base_(self, lambda w: self.base.weight.copy_(w.view_as(self.base.weight)))
 
-    @torch.no_grad()
     def unmerge_(self) -> None:
-        if not self.merged:
-            return
-        w = self.weights()
-        if w.magnitude is None:
-            self.base.weight.copy_(merge.unmerge_weight(self.base_weight(), w).view_as(self.base.weight))
-        else:  # as LoRALinear: DoRA's row norms are lost in W'
-            self.base.weight.copy_(self._pre_merge)
-        del self._pre_merge
-        self.merged = False
+        unmerge_from_base_(self, lambda w: self.base.weight.copy_(w.view_as(self.base.weight)))
 
     def extra_repr(self) -> str:
         r = self.lora_A.shape[0]
