@@ -170,7 +170,8 @@ def eval_cmd(
                                           "registry."),
     base: str = typer.Option("gemma-3-270m", help="Known name, HF model dir or .gguf file."),
     data: Optional[Path] = typer.Option(None, help="Curated dir (its val.jsonl) or a .jsonl file of "
-                                                   "prompt/completion or chat lines. Without it: general only."),
+                                                   "prompt/completion or chat lines ({\"text\", \"label\"} for a "
+                                                   "classification adapter). Without it: general only."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON instead of a table."),
     max_examples: int = typer.Option(200, help="Evaluate the first N validation examples."),
     batch_size: int = typer.Option(8, help="Sequences per generation/scoring batch."),

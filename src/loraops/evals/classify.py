@@ -174,6 +174,8 @@ def evaluate_classifier(base: str, adapter, config, label: str | None = None):
     from loraops.models.load import check_base
     from loraops.train.classify import load_classifier_base, max_length
 
+    if config.quantize is not None or config.json_schema is not None:
+        raise ConfigError("int8 and constrained evaluation are for language-model adapters, not classifiers")
     labels = adapter.meta.get("labels")
     if not labels:
         raise ConfigError("classification adapter has no label list in loraops.json (was it trained by loraops?); "
