@@ -13,6 +13,7 @@ Outputs have alpha = r (scale 1): the scales live in B. DoRA and modules_to_save
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -23,6 +24,7 @@ from loraops.lora.config import LoRAConfig
 from loraops.lora.merge import lora_delta
 
 METHODS = ("linear", "cat", "svd", "ties", "dare")
+MAX_WEIGHT = 100.0     # a weight beyond this is a typo, not a blend
 
 
 @dataclass
@@ -105,6 +107,10 @@ def compose(parents: list[Adapter], weights: list[float], method: str, rank: int
         raise ConfigError(f"unknown compose method {method!r}; choose one of {', '.join(METHODS)}")
     if len(weights) != len(parents):
         raise ConfigError("one weight per adapter")
+    for w in weights:
+        if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w) or abs(w) > MAX_WEIGHT:
+            raise ConfigError(f"composition weights must be finite numbers in [-{MAX_WEIGHT:g}, {MAX_WEIGHT:g}], "
+                              f"got {w!r}")
     if not 0 < density <= 1:
         raise ConfigError(f"density must be in (0, 1], got {density}")
     if rank is not None and rank <= 0:
@@ -127,9 +133,15 @@ def compose(parents: list[Adapter], weights: list[float], method: str, rank: int
             blended = dare(deltas, weights, density, generator)
         else:
             blended = sum(w * d for d, w in zip(deltas, weights))
-        A, B, lost, energy = factorize(blended, None if method == "linear" else target_rank)
+        try:
+            A, B, lost, energy = factorize(blended, None if method == "linear" else target_rank)
+        except torch.linalg.LinAlgError as e:          # only non-finite input gets here; refused below anyway
+            raise ConfigError(f"{path}: the blended weights cannot be factorised ({e})") from e
         modules[path] = ModuleLoRA(A, B, 1.0)
         discarded, total = discarded + lost, total + energy
+    for path, m in modules.items():
+        if not (torch.isfinite(m.A).all() and torch.isfinite(m.B).all()):
+            raise ConfigError(f"{path}: the composed weights overflow (non-finite values); use smaller weights")
     # PEFT has one r per adapter: the most common one, with rank_pattern for the rest; alpha = r.
     ranks = [m.r for m in modules.values()]
     r = max(set(ranks), key=ranks.count)
