@@ -69,3 +69,15 @@ class InternalError(ServeError):
     """A bug while generating: the request fails with 500 and the server keeps serving."""
 
     status, code, kind = 500, "internal_error", "server_error"
+
+
+class PayloadTooLargeError(ServeError):
+    """A request body over the server's limit (--max-body-bytes)."""
+
+    status, code = 413, "request_too_large"
+
+
+class ClientClosedError(ServeError):
+    """The client went away before its request was answered (nginx's 499; never sent, only counted)."""
+
+    status, code = 499, "client_closed_request"

@@ -13,6 +13,7 @@ import logging
 import os
 import threading
 from collections import OrderedDict
+from pathlib import Path
 
 from loraops.errors import LoraOpsError
 from loraops.serve.config import ServeOptions, check_options
@@ -130,14 +131,23 @@ def build(opts: ServeOptions):
             log.error("adapter %s not loaded: %s", name, e)
     watcher = RegistryWatcher(engine, opts.registry_poll_s) if opts.registry else None
     admin_key = opts.admin_key or os.environ.get("LORAOPS_ADMIN_KEY") or None
+    metrics_key = opts.metrics_key or os.environ.get("LORAOPS_METRICS_KEY") or None
     app = create_app(AppState(engine, tenants, admin_key, metrics,
-                              pin_version=watcher.pin if watcher is not None else None))
+                              pin_version=watcher.pin if watcher is not None else None,
+                              metrics_key=metrics_key, limits=opts.http))
     if opts.registry:
-        mount_dashboard(app, admin_key, metrics, base.info.name)
+        mount_dashboard(app, admin_key, metrics, gate_base(base.info))
     return app, engine, watcher
 
 
-def mount_dashboard(app, admin_key: str | None, metrics, base_name: str) -> None:
+def gate_base(info) -> str:
+    """The BASE spec under which the dashboard's promotion gate finds the served base again: its
+    resolved directory (absolute), not its display name, which for `--base DIR` is only the
+    directory's last component and would resolve against the working directory."""
+    return str(Path(info.path).resolve())
+
+
+def mount_dashboard(app, admin_key: str | None, metrics, base: str) -> None:
     """/ui: the registry dashboard, for the admin key (read-write) or LORAOPS_DASHBOARD_KEY (read-only).
     Without either key there is no one to sign in, so it is not mounted."""
     from loraops.evals import GateConfig, PromotionGate
@@ -150,7 +160,7 @@ def mount_dashboard(app, admin_key: str | None, metrics, base_name: str) -> None
         log.warning("dashboard not mounted: set an admin key or LORAOPS_DASHBOARD_KEY to use /ui")
         return
     keys = DashboardKeys(admin_keys=[admin_key] if admin_key else [], read_keys=[read_key] if read_key else [])
-    source = RegistrySource(Registry(), gate=PromotionGate(GateConfig(), base=base_name), stats=metrics.live)
+    source = RegistrySource(Registry(), gate=PromotionGate(GateConfig(), base=base), stats=metrics.live)
     app.include_router(dashboard_router(source, keys))
 
 
