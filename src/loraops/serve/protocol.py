@@ -82,17 +82,17 @@ def check_tree(body: dict, max_depth: int = MAX_DEPTH) -> None:
     stack: list[tuple[object, int, tuple]] = [(body, 1, ())]
     while stack:
         value, depth, path = stack.pop()
+        param = _where(path) if path else None
         if isinstance(value, str):
             if not _is_text(value):
-                raise BadRequestError(f"{_where(path)} holds a lone surrogate (not text)", param=_where(path))
+                raise BadRequestError(f"{_where(path)} holds a lone surrogate (not text)", param=param)
             continue
         if depth > max_depth:
-            raise BadRequestError(f"the request body nests deeper than {max_depth} levels", param=_where(path))
+            raise BadRequestError(f"the request body nests deeper than {max_depth} levels", param=param)
         items = value.items() if isinstance(value, dict) else enumerate(value)
         for key, item in items:
             if isinstance(key, str) and not _is_text(key):
-                raise BadRequestError(f"a key in {_where(path)} holds a lone surrogate (not text)",
-                                      param=_where(path))
+                raise BadRequestError(f"a key in {_where(path)} holds a lone surrogate (not text)", param=param)
             if isinstance(item, (dict, list, str)):
                 stack.append((item, depth + 1, (*path, key)))
 

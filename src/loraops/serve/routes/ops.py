@@ -22,8 +22,8 @@ async def health():
     return {"status": "ok"}
 
 
-@router.get("/ready", response_model=schemas.Ready, responses={503: {"model": schemas.Ready,
-                                                                     "description": "Not ready"}})
+@router.get("/ready", response_model=schemas.Ready, response_model_exclude_none=True,
+            responses={503: {"model": schemas.Ready, "description": "Not ready"}})
 async def ready(request: Request, state: AppState = Depends(app_state)):
     """The engine and its loader run; details only for an operator key."""
     if not state.engine.alive():
