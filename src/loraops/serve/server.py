@@ -13,7 +13,6 @@ import logging
 import os
 import threading
 from collections import OrderedDict
-from pathlib import Path
 
 from loraops.errors import LoraOpsError
 from loraops.serve.config import ServeOptions, check_options
@@ -136,15 +135,10 @@ def build(opts: ServeOptions):
                               pin_version=watcher.pin if watcher is not None else None,
                               metrics_key=metrics_key, limits=opts.http))
     if opts.registry:
-        mount_dashboard(app, admin_key, metrics, gate_base(base.info))
+        # The gate evaluates on the served base: its directory (absolute), never its display name,
+        # which for `--base DIR` is only DIR's last component.
+        mount_dashboard(app, admin_key, metrics, str(base.info.path))
     return app, engine, watcher
-
-
-def gate_base(info) -> str:
-    """The BASE spec under which the dashboard's promotion gate finds the served base again: its
-    resolved directory (absolute), not its display name, which for `--base DIR` is only the
-    directory's last component and would resolve against the working directory."""
-    return str(Path(info.path).resolve())
 
 
 def mount_dashboard(app, admin_key: str | None, metrics, base: str) -> None:
