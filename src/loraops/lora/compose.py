@@ -94,6 +94,12 @@ def _check_compatible(parents: list[Adapter]) -> None:
             raise AdapterMismatchError(f"{path}: adapters disagree on the weight shape {sorted(shapes)}")
 
 
+def _check_finite(path: str, t: torch.Tensor) -> None:
+    """Weighted parents can overflow fp32 even when each is finite: refuse rather than write inf/NaN."""
+    if not bool(torch.isfinite(t).all()):
+        raise ConfigError(f"{path}: the composed weights overflow (non-finite values); use smaller weights")
+
+
 def _parent_entry(ref: str, weight: float) -> dict:
     """Lineage record: a registry ref "name@3" gives name + version; a directory gives its name."""
     name, _, version = ref.rpartition("@") if "@" in ref else (ref, "", "")
@@ -124,6 +130,7 @@ def compose(parents: list[Adapter], weights: list[float], method: str, rank: int
         if method == "cat":
             A = torch.cat([m.A.float() for m in loras])
             B = torch.cat([w * m.scale * m.B.float() for m, w in zip(loras, weights)], dim=1)
+            _check_finite(path, B)
             modules[path] = ModuleLoRA(A, B, 1.0)
             continue
         deltas = [lora_delta(m.A, m.B, m.scale) for m in loras]
@@ -133,15 +140,10 @@ def compose(parents: list[Adapter], weights: list[float], method: str, rank: int
             blended = dare(deltas, weights, density, generator)
         else:
             blended = sum(w * d for d, w in zip(deltas, weights))
-        try:
-            A, B, lost, energy = factorize(blended, None if method == "linear" else target_rank)
-        except torch.linalg.LinAlgError as e:          # only non-finite input gets here; refused below anyway
-            raise ConfigError(f"{path}: the blended weights cannot be factorised ({e})") from e
+        _check_finite(path, blended)
+        A, B, lost, energy = factorize(blended, None if method == "linear" else target_rank)
         modules[path] = ModuleLoRA(A, B, 1.0)
         discarded, total = discarded + lost, total + energy
-    for path, m in modules.items():
-        if not (torch.isfinite(m.A).all() and torch.isfinite(m.B).all()):
-            raise ConfigError(f"{path}: the composed weights overflow (non-finite values); use smaller weights")
     # PEFT has one r per adapter: the most common one, with rank_pattern for the rest; alpha = r.
     ranks = [m.r for m in modules.values()]
     r = max(set(ranks), key=ranks.count)
