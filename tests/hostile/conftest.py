@@ -10,4 +10,6 @@ def env(tmp_path_factory):
     e["bystander_text"] = post(e, "/v1/completions", BYSTANDER, key=BETA).json()["choices"][0]["text"]
     e["probe_text"] = post(e, "/v1/completions", PROBE).json()["choices"][0]["text"]
     yield e
+    log = e["server"].log()
     e["server"].stop()
+    assert "Traceback" not in log, log[-4000:]      # nothing unexpected happened, not even survived and logged
