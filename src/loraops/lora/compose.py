@@ -13,14 +13,13 @@ Outputs have alpha = r (scale 1): the scales live in B. DoRA and modules_to_save
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 
 from loraops.errors import AdapterMismatchError, ConfigError
 from loraops.lora.adapter import Adapter, ModuleLoRA
-from loraops.lora.config import LoRAConfig
+from loraops.lora.config import LoRAConfig, finite_number
 from loraops.lora.merge import lora_delta
 
 METHODS = ("linear", "cat", "svd", "ties", "dare")
@@ -114,7 +113,7 @@ def compose(parents: list[Adapter], weights: list[float], method: str, rank: int
     if len(weights) != len(parents):
         raise ConfigError("one weight per adapter")
     for w in weights:
-        if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w) or abs(w) > MAX_WEIGHT:
+        if not finite_number(w) or abs(w) > MAX_WEIGHT:
             raise ConfigError(f"composition weights must be finite numbers in [-{MAX_WEIGHT:g}, {MAX_WEIGHT:g}], "
                               f"got {w!r}")
     if not 0 < density <= 1:

@@ -41,7 +41,7 @@ class LoRAConfig:
             raise ConfigError(f"rank must be a positive integer, got {self.r!r}")
         if not _positive_number(self.alpha):
             raise ConfigError(f"alpha must be a finite positive number, got {self.alpha!r}")
-        if not (_number(self.dropout) and 0.0 <= self.dropout < 1.0):
+        if not (finite_number(self.dropout) and 0.0 <= self.dropout < 1.0):
             raise ConfigError(f"dropout must be in [0, 1), got {self.dropout!r}")
         if self.init not in ("default", "gaussian", "random"):
             raise ConfigError(f"init must be 'default', 'gaussian' or 'random', got {self.init!r}")
@@ -152,12 +152,13 @@ class LoRAConfig:
         return cls(**{k: v for k, v in raw.items() if k in known})
 
 
-def _number(x) -> bool:
+def finite_number(x) -> bool:
+    """A JSON number that is a real value: int or float, not bool, not NaN or infinite."""
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
 def _positive_number(x) -> bool:
-    return _number(x) and x > 0
+    return finite_number(x) and x > 0
 
 
 def _integer(x) -> bool:

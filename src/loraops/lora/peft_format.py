@@ -11,7 +11,6 @@ Writes are atomic: a directory is built beside the target and renamed into place
 from __future__ import annotations
 
 import json
-import math
 import os
 from pathlib import Path
 
@@ -22,7 +21,7 @@ from safetensors.torch import load_file, save_file
 from loraops.atomic import atomic_dir
 from loraops.errors import AdapterFormatError, UnsafeFileError
 from loraops.lora.adapter import Adapter, ModuleLoRA
-from loraops.lora.config import LoRAConfig
+from loraops.lora.config import LoRAConfig, finite_number
 from loraops.lora.inject import pattern_key
 
 CONFIG_FILE = "adapter_config.json"
@@ -177,6 +176,6 @@ def check_meta(meta: dict, where: str = META_FILE) -> dict:
         if version is not None and (isinstance(version, bool) or not isinstance(version, int) or version < 1):
             raise AdapterFormatError(f"{where}: parents[{i}].version must be a positive integer or null, "
                                      f"got {json.dumps(version)[:40]}")
-        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight):
+        if not finite_number(weight):
             raise AdapterFormatError(f"{where}: parents[{i}].weight must be a finite number")
     return meta

@@ -17,7 +17,7 @@ from fastapi.openapi.utils import get_openapi
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from loraops.serve import schemas
-from loraops.serve.deps import AppState, error_body, error_response  # noqa: F401  (re-exported)
+from loraops.serve.deps import AppState, error_response
 from loraops.serve.errors import ServeError
 from loraops.serve.routes import admin, ops, openai
 
