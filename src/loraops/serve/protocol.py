@@ -1,6 +1,6 @@
 """OpenAI request bodies -> validated, typed requests. Everything wrong is a BadRequestError (400)
 naming the field, never an exception that would become a 500: these functions take any JSON a
-client can send (tests/hostile/test_fuzz.py runs hypothesis over them).
+client can send (tests/hostile/test_hostile_fuzz.py runs hypothesis over them).
 
 Bounds, so that no body costs more than its size: JSON nesting (MAX_DEPTH), prompt characters
 (checked before tokenizing; `max_prompt_chars`), stop strings (MAX_STOP, MAX_STOP_CHARS). Strings

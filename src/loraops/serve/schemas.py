@@ -2,7 +2,7 @@
 
 Requests are validated by hand (protocol.py) so that every refusal is an OpenAI-style 400 naming
 its field; these models describe the same contract for clients, docs and schemathesis, and a test
-(tests/hostile/test_openapi_fuzz.py) holds the two together by fuzzing the live server with them.
+(tests/hostile/test_hostile_openapi_fuzz.py) holds the two together by fuzzing the live server with them.
 """
 
 from __future__ import annotations
