@@ -499,6 +499,9 @@ def serve_cmd(
     port: int = typer.Option(8000, "--port"),
     insecure_no_auth: bool = typer.Option(False, "--insecure-no-auth", help="No API keys: local experiments only."),
     admin_key: Optional[str] = typer.Option(None, "--admin-key", help="Key for /admin/ (or env LORAOPS_ADMIN_KEY)."),
+    metrics_key: Optional[str] = typer.Option(None, "--metrics-key", help="Key for /metrics and /ready's details "
+                                                                          "(or env LORAOPS_METRICS_KEY); the admin "
+                                                                          "key works too."),
     max_slots: int = typer.Option(8, "--max-slots", help="Adapters resident at once."),
     max_rank: int = typer.Option(64, "--max-rank", help="Largest adapter rank a slot holds."),
     max_batch: int = typer.Option(16, "--max-batch", help="Sequences per engine step."),
@@ -516,10 +519,14 @@ def serve_cmd(
     threads: Optional[int] = typer.Option(None, "--threads", help="Torch threads (1 is often fastest on a busy CPU)."),
     quantize: Optional[str] = typer.Option(None, "--quantize", help="int8: int8 weights for the base's linear "
                                                                      "layers (CPU), adapters stay fp32."),
+    max_body_bytes: int = typer.Option(2 * 1024 * 1024, "--max-body-bytes", help="Largest JSON request body "
+                                                                                  "(larger: 413, unread)."),
+    max_prompt_chars: int = typer.Option(262_144, "--max-prompt-chars", help="Largest prompt (or all messages) in "
+                                                                             "characters, checked before tokenizing."),
 ) -> None:
     """Serve the base and its adapters over an OpenAI-compatible HTTP API (many adapters per batch)."""
     from loraops.errors import ConfigError
-    from loraops.serve.config import EngineConfig, ServeOptions, check_options
+    from loraops.serve.config import EngineConfig, HttpLimits, ServeOptions, check_options
 
     adapters = {}
     for spec in adapter:
@@ -532,7 +539,8 @@ def serve_cmd(
                         EngineConfig(max_slots=max_slots, max_rank=max_rank, max_batch=max_batch,
                                      max_kv_tokens=max_kv_tokens, max_queue=max_queue,
                                      max_tokens_cap=max_tokens_cap, speculate=speculate,
-                                     speculate_step_tokens=speculate_step_tokens, screen_head=screen_head))
+                                     speculate_step_tokens=speculate_step_tokens, screen_head=screen_head),
+                        HttpLimits(max_body_bytes=max_body_bytes, max_prompt_chars=max_prompt_chars), metrics_key)
     check_options(opts)
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))

@@ -31,7 +31,7 @@ from sqlalchemy.orm import Session, selectinload
 
 from loraops import paths
 from loraops.atomic import atomic_dir
-from loraops.errors import (AdapterFormatError, BaseMismatchError, BlobCorruptError, GateFailedError,
+from loraops.errors import (BaseMismatchError, BlobCorruptError, GateFailedError,
                             NotFoundError, RegistryError, UnregisteredBaseError)
 from loraops.registry.blobs import BlobStore, file_digest
 from loraops.registry.db import READ_ONLY, open_database
@@ -100,7 +100,7 @@ class Registry:
         fingerprint = self._fingerprint(src, meta, base_fingerprint)
         if not register_base:
             self._require_base(fingerprint, meta)
-        fields = _version_fields(meta, src)
+        fields = _version_fields(meta)
         # Blobs first, then the row in one transaction: a version never points at missing bytes,
         # and a push killed before the commit leaves only unreferenced blobs behind.
         digest = self._store_files(src)
@@ -371,16 +371,10 @@ class Registry:
         s.add(AuditRow(actor=actor, action=action, target=target, reason=reason, details=details))
 
 
-def _version_fields(meta: dict, src: Path) -> dict[str, Any]:
-    """The version's record from loraops.json, type-checked before anything is stored."""
-    fields = {"dataset_digest": meta.get("dataset_digest"),
-              "hyperparameters": meta.get("hyperparameters") or {}, "metrics": meta.get("metrics") or {}}
-    if not isinstance(fields["dataset_digest"], (str, type(None))):
-        raise AdapterFormatError(f"{src}/loraops.json: 'dataset_digest' must be a string")
-    for key in ("hyperparameters", "metrics"):
-        if not isinstance(fields[key], dict):
-            raise AdapterFormatError(f"{src}/loraops.json: {key!r} must be a JSON object")
-    return fields
+def _version_fields(meta: dict) -> dict[str, Any]:
+    """The version's record from loraops.json (its types are checked by read_adapter)."""
+    return {"dataset_digest": meta.get("dataset_digest"), "hyperparameters": meta.get("hyperparameters") or {},
+            "metrics": meta.get("metrics") or {}}
 
 
 def _holds(directory: Path, files: dict[str, dict]) -> bool:

@@ -26,6 +26,15 @@ class EngineConfig:
 
 
 @dataclass
+class HttpLimits:
+    """Bounds on what one HTTP request may cost before the engine sees it (docs/serving.md, "Limits")."""
+
+    max_body_bytes: int = 2 * 1024 * 1024   # JSON bodies over this are 413, unread
+    max_prompt_chars: int = 262_144         # prompt / messages characters, checked before tokenizing
+    grammar_cache: int = 128                # compiled response_format grammars kept (by schema digest)
+
+
+@dataclass
 class ServeOptions:
     base: str
     adapters: dict[str, str] = field(default_factory=dict)     # name -> directory
@@ -39,6 +48,8 @@ class ServeOptions:
     threads: int | None = None            # torch threads; None: torch's default
     quantize: str | None = None           # "int8": int8 base linears (models/quantize.py), LoRA in fp32
     engine: EngineConfig = field(default_factory=EngineConfig)
+    http: HttpLimits = field(default_factory=HttpLimits)
+    metrics_key: str | None = None        # /metrics and /ready details: this key or the admin key
 
 
 def check_options(opts: ServeOptions) -> None:
@@ -60,5 +71,12 @@ def check_options(opts: ServeOptions) -> None:
         raise ConfigError(f"--speculate must be between 0 and {BATCHED_SPAN - 1}")
     if e.speculate_step_tokens < 0:
         raise ConfigError("--speculate-step-tokens must be >= 0")
+    for name in ("max_body_bytes", "max_prompt_chars", "grammar_cache"):
+        if getattr(opts.http, name) < 1:
+            raise ConfigError(f"--{name.replace('_', '-')} must be >= 1")
+    for name in ("admin_key", "metrics_key"):
+        key = getattr(opts, name)
+        if key is not None and len(key) < 8:
+            raise ConfigError(f"--{name.replace('_', '-')} must be at least 8 characters")
 
 

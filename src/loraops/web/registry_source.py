@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-from loraops.errors import NotFoundError
+from loraops.errors import InvalidNameError, NotFoundError
 from loraops.registry import Registry
 from loraops.web.source import AdapterView, VersionView
 
@@ -36,7 +36,7 @@ class RegistrySource:
     def adapter(self, name: str) -> AdapterView | None:
         try:
             detail = self.registry.show(name)
-        except NotFoundError:
+        except (NotFoundError, InvalidNameError):      # a name that cannot exist is simply not there
             return None
         stages_of: dict[int, list[str]] = {}
         for stage, number in detail.stages.items():
