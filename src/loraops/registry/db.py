@@ -9,6 +9,7 @@ writer).
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from alembic import command
@@ -23,6 +24,11 @@ from loraops.errors import RegistryError
 MIGRATIONS = Path(__file__).parent / "migrations"
 READ_ONLY = "loraops_read_only"  # execution option: begin SQLite transactions deferred
 _MIGRATION_LOCK = 0x6C6F72616F7073  # pg advisory lock key ("loraops"): one migrator at a time
+
+
+def default_url(home: Path) -> str:
+    """The registry database: LORAOPS_DB_URL if set, else SQLite in `home`."""
+    return os.environ.get("LORAOPS_DB_URL") or f"sqlite:///{home / 'registry.db'}"
 
 
 def open_database(url: str) -> Engine:

@@ -34,7 +34,7 @@ from loraops.atomic import atomic_dir
 from loraops.errors import (AdapterFormatError, BaseMismatchError, BlobCorruptError, GateFailedError,
                             NotFoundError, RegistryError, UnregisteredBaseError)
 from loraops.registry.blobs import BlobStore, file_digest
-from loraops.registry.db import READ_ONLY, open_database
+from loraops.registry.db import READ_ONLY, default_url, open_database
 from loraops.registry.models import (AdapterRow, AuditRow, BaseModelRow, LineageRow, StageRow, VersionRow,
                                      utcnow)
 from loraops.registry.names import Ref, check_fingerprint, check_name, check_stage
@@ -60,7 +60,7 @@ class Registry:
 
     def __init__(self, url: str | None = None, home: str | os.PathLike | None = None) -> None:
         self.home = Path(home) if home is not None else paths.home()
-        self.url = url or os.environ.get("LORAOPS_DB_URL") or f"sqlite:///{self.home / 'registry.db'}"
+        self.url = url or default_url(self.home)
         self.blobs = BlobStore(self.home / "blobs")
         self._engine = open_database(self.url)
         self._reader = self._engine.execution_options(**{READ_ONLY: True})

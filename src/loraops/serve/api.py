@@ -24,6 +24,8 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from loraops.errors import LoraOpsError
+from loraops.finetune.ids import is_fine_tuned
+from loraops.finetune.routes import router as fine_tuning_router
 from loraops.serve.engine import (DoneEvent, Engine, ErrorEvent, TokenEvent, check_model_id, model_label,
                                    parse_model)
 from loraops.serve.errors import AuthError, BadRequestError, ModelNotFoundError, ServeError
@@ -69,6 +71,8 @@ def _bearer(request: Request) -> str | None:
 def create_app(state: AppState) -> FastAPI:
     app = FastAPI(title="loraops", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.serve = state
+    app.state.finetune = None        # server.build sets a finetune.FineTuning when it has a registry
+    app.include_router(fine_tuning_router)
     engine, metrics = state.engine, state.metrics
 
     @app.exception_handler(ServeError)
@@ -125,6 +129,16 @@ def create_app(state: AppState) -> FastAPI:
         else:
             visible_model(tenant, model)
 
+    async def engine_model(tenant: Tenant, model: str) -> str:
+        """The engine's id for `model` once it is known to be this tenant's: `model` itself, or for a
+        fine-tuned "ft:…" id the registry version it names (finetune/ids.py)."""
+        if not is_fine_tuned(model):
+            await check_visible(tenant, model)
+            return model
+        if app.state.finetune is None:
+            raise ModelNotFoundError(f"the model {model!r} does not exist", param="model")
+        return await run_in_threadpool(app.state.finetune.engine_model, tenant, model)
+
     # ---- health, metrics --------------------------------------------------------------------
 
     @app.get("/health")
@@ -149,6 +163,8 @@ def create_app(state: AppState) -> FastAPI:
         now = int(time.time())
         ids = ([engine.base_name] if tenant.allow_base else []) + sorted(
             e.model_id for e in engine.models() if tenant.can_use(e.model_id, engine.base_name))
+        if app.state.finetune is not None:
+            ids += await run_in_threadpool(app.state.finetune.models, tenant)
         return {"object": "list", "data": [
             {"id": i, "object": "model", "created": now, "owned_by": "loraops" if i == engine.base_name
              else tenant.name, "root": engine.base_name} for i in ids]}
@@ -156,8 +172,9 @@ def create_app(state: AppState) -> FastAPI:
     @app.get("/v1/models/{model_id}")
     async def get_model(model_id: str, request: Request):
         tenant = tenant_of(request)
-        check_model_id(model_id)                              # a composition is not a model
-        await check_visible(tenant, model_id)
+        if not is_fine_tuned(model_id):
+            check_model_id(model_id)                          # a composition is not a model
+        await engine_model(tenant, model_id)
         return {"id": model_id, "object": "model", "created": int(time.time()), "owned_by": tenant.name,
                 "root": engine.base_name}
 
@@ -196,8 +213,8 @@ def create_app(state: AppState) -> FastAPI:
         label_model = "-"
         try:
             req = parse(parse_json(await request.body()))
-            await check_visible(tenant, req.model)
-            label_model = model_label(req.model)
+            model = await engine_model(tenant, req.model)
+            label_model = model_label(model)
             prompt = await run_in_threadpool(encode, req)
             engine.check_lengths(len(prompt), req.params.max_tokens)
             constraint = await run_in_threadpool(make_constraint, req) if req.schema is not None else None
@@ -214,13 +231,13 @@ def create_app(state: AppState) -> FastAPI:
             except RuntimeError:                              # the event loop is gone (shutdown)
                 pass
         try:
-            seq = engine.submit(tenant.name, req.model, prompt, req.params, sink, constraint)
+            seq = engine.submit(tenant.name, model, prompt, req.params, sink, constraint)
         except ServeError as e:
             lease.release(0)
             count(label_model, tenant.name, e)
             raise
         rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
-        job = Job(state, tenant, req, seq, events, lease, rid, chat)
+        job = Job(state, tenant, req, seq, events, lease, rid, chat, label_model)
         if req.stream:
             return StreamingResponse(job.sse(), media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
@@ -276,13 +293,14 @@ class Job:
     settles the tenant lease and the metrics exactly once, even if the client goes away."""
 
     def __init__(self, state: AppState, tenant: Tenant, req: GenerationRequest, seq, events: asyncio.Queue,
-                 lease, rid: str, chat: bool):
+                 lease, rid: str, chat: bool, label: str):
         self.state, self.tenant, self.req, self.seq, self.events = state, tenant, req, seq, events
+        self.label = label                                    # the model's metrics label
         self.lease, self.rid, self.chat, self.created = lease, rid, chat, int(time.time())
         self.completion_tokens = 0
 
     def _settle(self, status: int, code: str | None = None, prompt_tokens: int = 0) -> None:
-        m, labels = self.state.metrics, (model_label(self.req.model), self.tenant.name)
+        m, labels = self.state.metrics, (self.label, self.tenant.name)
         m.requests.labels(*labels, str(status)).inc()
         if code is not None:
             m.errors.labels(*labels, code).inc()

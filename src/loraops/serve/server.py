@@ -4,7 +4,8 @@ Adapters given on the command line that fail to load (corrupt files, another bas
 logged with the reason and skipped: the server starts and serves everything else.
 With a registry, every adapter's production version is served under its name and the registry is
 polled for promotions and rollbacks (hot reload; running requests finish on their version); a
-request for "name@V" serves that exact (immutable) version, registered on first use.
+request for "name@V" serves that exact (immutable) version, registered on first use. With a
+registry the server also takes fine-tuning jobs (loraops.finetune), and `--workers N` runs them.
 """
 
 from __future__ import annotations
@@ -133,8 +134,21 @@ def build(opts: ServeOptions):
     app = create_app(AppState(engine, tenants, admin_key, metrics,
                               pin_version=watcher.pin if watcher is not None else None))
     if opts.registry:
+        app.state.finetune = fine_tuning_service(opts, base, watcher)
         mount_dashboard(app, admin_key, metrics, base.info.name)
     return app, engine, watcher
+
+
+def fine_tuning_service(opts: ServeOptions, base, watcher: RegistryWatcher):
+    """The fine-tuning API's service: jobs for this server's base, their models served through the
+    registry watcher's pinned versions."""
+    from pathlib import Path
+
+    from loraops.finetune import FineTuneStore, FineTuning
+
+    spec = str(Path(opts.base).resolve()) if Path(opts.base).exists() else opts.base  # workers may run elsewhere
+    return FineTuning(FineTuneStore(), watcher.registry, base.info.name, spec, base.info.fingerprint,
+                      base.tokenizer, watcher.pin, opts.max_upload_bytes)
 
 
 def mount_dashboard(app, admin_key: str | None, metrics, base_name: str) -> None:
@@ -165,6 +179,12 @@ def run(opts: ServeOptions) -> None:
     engine.start()
     if watcher is not None:
         watcher.start()
+    workers = None
+    if opts.workers:
+        from loraops.finetune import WorkerPool
+
+        workers = WorkerPool(opts.workers)
+        workers.start()
     # uvicorn handles SIGINT and SIGTERM itself (graceful shutdown), then re-raises the signal it got
     # under the handler that was there before. For SIGINT that is a KeyboardInterrupt, which uvicorn.run
     # swallows; for SIGTERM the default handler would kill the process before the `finally` below.
@@ -178,6 +198,8 @@ def run(opts: ServeOptions) -> None:
     finally:
         if main_thread:
             signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
+        if workers is not None:
+            workers.stop()             # their job processes stop; the jobs go back to the queue
         if watcher is not None:
             watcher.stop()
         engine.stop()
