@@ -164,7 +164,9 @@ def mount_dashboard(app, admin_key: str | None, metrics, base_name: str) -> None
         log.warning("dashboard not mounted: set an admin key or LORAOPS_DASHBOARD_KEY to use /ui")
         return
     keys = DashboardKeys(admin_keys=[admin_key] if admin_key else [], read_keys=[read_key] if read_key else [])
-    source = RegistrySource(Registry(), gate=PromotionGate(GateConfig(), base=base_name), stats=metrics.live)
+    ft = app.state.finetune
+    source = RegistrySource(Registry(), gate=PromotionGate(GateConfig(), base=base_name), stats=metrics.live,
+                            jobs=ft.store if ft is not None else None)
     app.include_router(dashboard_router(source, keys))
 
 
