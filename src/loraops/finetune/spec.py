@@ -83,8 +83,8 @@ def _hyperparameters(raw, param: str) -> dict:
             out[name] = _int(raw[name], f"{param}.{name}", 1, 50 if name == "n_epochs" else 256)
     lrm = raw.get("learning_rate_multiplier", "auto")
     if lrm != "auto":
-        if isinstance(lrm, bool) or not isinstance(lrm, (int, float)) or not 0 < lrm <= 100:
-            raise BadRequestError(f"{param}.learning_rate_multiplier must be a number in (0, 100], got {lrm!r}",
+        if isinstance(lrm, bool) or not isinstance(lrm, (int, float)) or not 0 < lrm <= 1000:
+            raise BadRequestError(f"{param}.learning_rate_multiplier must be a number in (0, 1000], got {lrm!r}",
                                   param=f"{param}.learning_rate_multiplier")
         out["learning_rate_multiplier"] = float(lrm)
     return out

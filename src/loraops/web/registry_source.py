@@ -80,7 +80,10 @@ class RegistrySource:
         view.loss_curve = [(e.data["step"], e.data["train_loss"]) for e in events if e.data and "train_loss" in e.data]
         view.val_loss_curve = [(e.data["step"], e.data["valid_loss"]) for e in events
                                if e.data and "valid_loss" in e.data]
-        view.events = [(_when(e.created_at), e.level, e.message) for e in reversed(events[-MAX_EVENTS:])]
+        # Every phase's event, but of the per-step losses only the newest: the curve shows the rest.
+        losses = [e for e in events if e.type == "metrics"]
+        shown = [e for e in events if e.type != "metrics" or e is losses[-1]]
+        view.events = [(_when(e.created_at), e.level, e.message) for e in reversed(shown[-MAX_EVENTS:])]
         return view
 
 
