@@ -199,7 +199,8 @@ def test_a_bad_file_is_refused_with_its_line_numbers_and_nothing_is_stored(world
         upload(world, path=bad)
     err = e.value.body
     assert err["code"] == "invalid_file" and err["param"] == "file"
-    assert "line 2: bad JSON" in err["message"] and "line 3: the last message must be from the assistant" in err["message"]
+    assert "line 2: bad JSON" in err["message"]
+    assert "line 3: the last message must be from the assistant" in err["message"]
     assert [f.id for f in client(world).files.list()] == before
     assert not (world["home"] / "files" / "sha256" / digest[:2] / digest[2:]).exists()  # nor its bytes
 
@@ -224,6 +225,7 @@ def test_a_bad_file_is_refused_with_its_line_numbers_and_nothing_is_stored(world
     ({"training_file": "file-doesnotexist"}, 400, "training_file"),
     ({"suffix": "Not Valid"}, 400, "suffix"),
     ({"loraops": {"rank": 0}}, 400, "loraops.rank"),
+    ({"loraops": {"rank": 32}}, 400, "loraops.rank"),                  # above the server's --max-rank 16
 ])
 def test_bad_job_requests_get_the_right_4xx_with_an_openai_error_body(world, change, status, param):
     f = upload(world, key=BETA)
@@ -304,8 +306,8 @@ def test_another_tenant_gets_404_for_the_file_the_job_and_the_model(world, refer
     unknown = job.fine_tuned_model.replace(job.id, "ftjob-" + "x" * 24)
     with pytest.raises(openai.NotFoundError) as missing:
         chat(world, unknown)
-    assert theirs.value.body == {**missing.value.body, "message": missing.value.body["message"].replace(unknown,
-                                                                                                         job.fine_tuned_model)}
+    same = missing.value.body["message"].replace(unknown, job.fine_tuned_model)
+    assert theirs.value.body == {**missing.value.body, "message": same}
     assert job.fine_tuned_model not in [m.id for m in beta.models.list()]
     r = http(world, "POST", "/v1/fine_tuning/jobs", key=BETA, json={"model": job.fine_tuned_model,
                                                                    "training_file": upload(world, BETA).id})

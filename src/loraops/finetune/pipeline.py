@@ -316,11 +316,10 @@ def _curation_summary(report: dict, train: int, validation: int) -> dict:
 
 def _eval_summary(report) -> dict:
     f, g = report.forgetting, report.general
-    out = {"primary_metric": report.primary_metric, "domain_gain": report.domain_gain,
-           "base": report.domain_base.primary_value if report.domain_base else None,
-           "adapted": report.domain_adapted.primary_value if report.domain_adapted else None,
-           "forgetting": f.score, "kl_mean": f.kl_mean, "ppl_base": g.ppl_base, "ppl_adapted": g.ppl_adapted}
-    return out
+    return {"primary_metric": report.primary_metric, "domain_gain": report.domain_gain,
+            "base": report.domain_base.primary_value if report.domain_base else None,
+            "adapted": report.domain_adapted.primary_value if report.domain_adapted else None,
+            "forgetting": f.score, "kl_mean": f.kl_mean, "ppl_base": g.ppl_base, "ppl_adapted": g.ppl_adapted}
 
 
 def _eval_message(s: dict) -> str:

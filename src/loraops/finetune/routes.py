@@ -134,6 +134,7 @@ def list_files(request: Request, tenant: Tenant = Depends(tenant_of), ft=Depends
 
 
 def _file(ft, tenant: Tenant, file_id: str):
+    """The tenant's file, or 404 (for another tenant's too)."""
     f = ft.store.file(tenant.name, file_id)
     if f is None:
         raise ObjectNotFoundError(f"No such File object: {file_id}", param="file_id")

@@ -12,9 +12,8 @@ from typing import Any, Callable
 
 from loraops.errors import InvalidNameError, NotFoundError
 from loraops.finetune.errors import ObjectNotFoundError, TooManyTokensError
-from loraops.finetune.ids import engine_model_id, is_fine_tuned, registry_name
+from loraops.finetune.ids import TRAINING_FILE, engine_model_id, is_fine_tuned, registry_name
 from loraops.finetune.spec import JobRequest
-from loraops.finetune.ids import TRAINING_FILE
 from loraops.finetune.store import FileRecord, FineTuneStore, JobRecord
 from loraops.finetune.uploads import check_training_file
 from loraops.registry import Registry
@@ -37,6 +36,7 @@ class FineTuning:
     tokenizer: Any                  # the base's: validates chat lines, counts tokens
     pin: Callable[[str], bool]      # registers "name@V" from the registry in the engine (server.RegistryWatcher.pin)
     max_upload_bytes: int = 512 << 20
+    max_rank: int = 64              # the engine's slot rank: a job's adapter must be servable here
 
     # ---- files --------------------------------------------------------------------------------
 
@@ -60,6 +60,9 @@ class FineTuning:
         train = self.training_file(tenant, req.training_file, "training_file")
         val = self.training_file(tenant, req.validation_file, "validation_file")
         parent = self._parent(tenant, req.model)
+        if parent is None and req.options.rank > self.max_rank:
+            raise BadRequestError(f"loraops.rank {req.options.rank} is above {self.max_rank}, the largest rank this "
+                                  f"server serves (--max-rank)", param="loraops.rank")
         name = self._registry_name(tenant, req.suffix)
         tokens = train.tokens * req.hyperparameters["n_epochs"]
         quota = tenant.fine_tuning

@@ -28,20 +28,18 @@ import dataclasses
 import hashlib
 import os
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from sqlalchemy import and_, func, or_, select, text
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from loraops import paths
 from loraops.finetune.errors import LeaseLostError, QuotaExceededError
 from loraops.finetune.ids import TRAINING_FILE, new_id
 from loraops.registry.blobs import BlobStore, file_digest
-from loraops.registry.db import READ_ONLY, default_url, open_database
+from loraops.registry.db import default_url, dialect_insert, open_database, reader, transaction
 from loraops.registry.models import CheckpointRow, EventRow, FileRow, JobRow
 from loraops.serve.errors import BadRequestError
 
@@ -155,7 +153,7 @@ class FineTuneStore:
         home = Path(home) if home is not None else paths.home()
         self.blobs = BlobStore(home / "files")
         self._engine = open_database(url or default_url(home))
-        self._reader = self._engine.execution_options(**{READ_ONLY: True})
+        self._reader = reader(self._engine)
 
     def close(self) -> None:
         self._engine.dispose()
@@ -323,9 +321,9 @@ class FineTuneStore:
                 if row is None:  # another worker holds it, or took it since we looked
                     continue
                 if row.status == "running" and row.attempts >= MAX_ATTEMPTS:
-                    self._finish(s, row, "failed", error={
-                        "code": "worker_lost", "param": None,
-                        "message": f"the job was started {row.attempts} times and its worker stopped each time"})
+                    message = f"the job was started {row.attempts} times and its worker stopped each time"
+                    self._events(s, row.id, [NewEvent(message, level="error", key="failed")])
+                    self._finish(s, row, "failed", error={"code": "worker_lost", "message": message, "param": None})
                     continue
                 resumed = row.status == "running"
                 row.attempts += 1
@@ -401,18 +399,13 @@ class FineTuneStore:
 
     # ---- internals ------------------------------------------------------------------------------
 
-    @contextmanager
-    def _write(self) -> Iterator[Session]:
-        with Session(self._engine) as s, s.begin():
-            yield s
+    def _write(self):
+        return transaction(self._engine)
 
-    @contextmanager
-    def _read(self) -> Iterator[Session]:
-        with Session(self._reader) as s, s.begin():
-            yield s
+    def _read(self):
+        return transaction(self._reader)
 
-    def _insert(self, s: Session):
-        return postgresql.insert if s.get_bind().dialect.name == "postgresql" else sqlite.insert
+    _insert = staticmethod(dialect_insert)
 
     def _lock(self, s: Session, name: str) -> None:
         """Serialise transactions on `name` until commit. SQLite needs nothing: every write

@@ -53,15 +53,15 @@ class Worker:
         while not stop.is_set():
             try:
                 claim = self.store.claim(self.name, self.options.lease_s)
-            except Exception:
-                log.exception("worker %s: cannot claim a job; retrying", self.name)
-                claim = None
-            if claim is None:
+                if claim is None:
+                    stop.wait(self.options.poll_s)
+                elif claim.job.status == "validating_files":
+                    self.validate(claim)
+                else:
+                    self.execute(claim, stop)
+            except Exception:  # the database went away, a bug: this job's lease expires, the worker goes on
+                log.exception("worker %s: error while looking for or running a job; going on", self.name)
                 stop.wait(self.options.poll_s)
-            elif claim.job.status == "validating_files":
-                self.validate(claim)
-            else:
-                self.execute(claim, stop)
 
     def validate(self, claim: Claim) -> None:
         job = claim.job

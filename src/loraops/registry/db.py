@@ -10,14 +10,18 @@ writer).
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, create_engine, event, make_url, text
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import ArgumentError, OperationalError
+from sqlalchemy.orm import Session
 
 from loraops.errors import RegistryError
 
@@ -55,6 +59,23 @@ def open_database(url: str) -> Engine:
         cause = " ".join(str(e.orig).split())  # one line: the CLI prints errors as one line
         raise RegistryError(f"cannot open the registry database {where}: {cause}") from e
     return engine
+
+
+@contextmanager
+def transaction(engine: Engine) -> Iterator[Session]:
+    """A session in one transaction, committed when the block ends (rolled back on error). Pass
+    `reader(engine)` for reads: on SQLite they then begin deferred, beside a writer."""
+    with Session(engine) as s, s.begin():
+        yield s
+
+
+def reader(engine: Engine) -> Engine:
+    return engine.execution_options(**{READ_ONLY: True})
+
+
+def dialect_insert(s: Session):
+    """`insert` of the session's dialect (both have INSERT … ON CONFLICT DO NOTHING)."""
+    return postgresql.insert if s.get_bind().dialect.name == "postgresql" else sqlite.insert
 
 
 def _sqlite_engine(url: str) -> Engine:

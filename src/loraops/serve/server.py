@@ -148,7 +148,7 @@ def fine_tuning_service(opts: ServeOptions, base, watcher: RegistryWatcher):
 
     spec = str(Path(opts.base).resolve()) if Path(opts.base).exists() else opts.base  # workers may run elsewhere
     return FineTuning(FineTuneStore(), watcher.registry, base.info.name, spec, base.info.fingerprint,
-                      base.tokenizer, watcher.pin, opts.max_upload_bytes)
+                      base.tokenizer, watcher.pin, opts.max_upload_bytes, opts.engine.max_rank)
 
 
 def mount_dashboard(app, admin_key: str | None, metrics, base_name: str) -> None:

@@ -109,7 +109,8 @@ def _tenant(name: str, raw: dict) -> Tenant:
     limit = RateLimit(_positive("requests_per_minute", name, rl.get("requests_per_minute")),
                       _positive("tokens_per_minute", name, rl.get("tokens_per_minute")),
                       _positive("max_concurrent", name, rl.get("max_concurrent"), integer=True))
-    return Tenant(name, tuple(digests), frozenset(adapters), allow_base, limit, _quota(name, raw.get("fine_tuning", {})))
+    quota = _quota(name, raw.get("fine_tuning", {}))
+    return Tenant(name, tuple(digests), frozenset(adapters), allow_base, limit, quota)
 
 
 def _quota(tenant: str, raw) -> FineTuningQuota:

@@ -35,8 +35,8 @@ def test_bad_lines_are_reported_with_their_numbers(tok, tmp_path):
     with pytest.raises(InvalidFileError) as e:
         check_training_file(write(tmp_path / "bad.jsonl", lines), tok)
     msg = e.value.message
-    for n, reason in [(2, "bad JSON"), (3, 'field "prompt" must be a string'), (4, "the last message must be from the assistant"),
-                      (5, 'no "messages"')]:
+    for n, reason in [(2, "bad JSON"), (3, 'field "prompt" must be a string'),
+                      (4, "the last message must be from the assistant"), (5, 'no "messages"')]:
         assert f"line {n}: {reason}" in msg, msg
     assert "line 1" not in msg and e.value.param == "file"
 
