@@ -149,6 +149,10 @@ def chat(world, model, key=ACME) -> str:
     return r.choices[0].message.content
 
 
+def workdir(world, job_id: str) -> Path:
+    return world["home"] / "finetune" / "jobs" / job_id
+
+
 def job_processes(job_id: str) -> list[int]:
     """pids of job processes (`python -m loraops.finetune.pipeline JOB …`) still alive."""
     pids = []
@@ -283,6 +287,7 @@ def test_upload_train_evaluate_register_and_serve_through_the_openai_client(worl
     lines = c.files.content(results).text.splitlines()
     assert lines[0] == "step,train_loss,valid_loss,learning_rate,tokens,tokens_per_s" and len(lines) == 71
 
+    assert [p.name for p in workdir(world, job.id).iterdir()] == ["job.log"]  # the tenant's data is gone
     with Registry(url=f"sqlite:///{world['home'] / 'registry.db'}", home=world["home"]) as registry:
         name, version = job.model_extra["loraops"]["registry_version"].split("@")
         v = registry.resolve(f"{name}@{version}")
@@ -321,7 +326,7 @@ def test_another_tenant_gets_404_for_the_file_the_job_and_the_model(world, refer
 
 def test_a_sigkilled_worker_leaves_a_job_that_resumes_to_the_same_adapter(world, reference):
     job = create(world, upload(world).id, suffix="resumed")   # the reference's recipe and seed
-    checkpoints = world["home"] / "finetune" / "jobs" / job.id / "run" / "checkpoints"
+    checkpoints = workdir(world, job.id) / "run" / "checkpoints"
     deadline = time.monotonic() + 180
     while not any(checkpoints.glob("step-*")):
         assert time.monotonic() < deadline, "no checkpoint was written"
@@ -395,6 +400,7 @@ def test_cancel_stops_the_job_within_seconds_and_frees_the_worker(world, long_jo
         time.sleep(0.1)
     steps = len([e for e in events(world, long_job.id) if e.type == "metrics"])
     time.sleep(1.0)
+    assert [p.name for p in workdir(world, long_job.id).iterdir()] == ["job.log"]
     assert len([e for e in events(world, long_job.id) if e.type == "metrics"]) == steps < 350
     assert c.fine_tuning.jobs.retrieve(long_job.id).status == "cancelled"
     with pytest.raises(openai.BadRequestError):

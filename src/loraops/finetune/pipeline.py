@@ -24,6 +24,7 @@ import io
 import json
 import logging
 import os
+import shutil
 import signal
 import sys
 import threading
@@ -46,6 +47,18 @@ log = logging.getLogger("loraops.finetune")
 
 def workdir(job_id: str) -> Path:
     return paths.home() / "finetune" / "jobs" / job_id
+
+
+def clean_workdir(job_id: str) -> None:
+    """A finished job keeps only its log: its inputs and curated data are the tenant's (deleting the
+    file must delete them), its checkpoints and adapters are in the registry."""
+    work = workdir(job_id)
+    if work.is_dir():
+        for entry in work.iterdir():
+            if entry.is_dir():
+                shutil.rmtree(entry)
+            elif entry.name != "job.log":
+                entry.unlink()
 
 
 def read_metrics(path: Path) -> list[dict]:
@@ -389,6 +402,7 @@ def main(argv: list[str]) -> int:
     finally:
         store.close()
         registry.close()
+    clean_workdir(job_id)
     return 0
 
 

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 from loraops.errors import BlobCorruptError
 from loraops.finetune.errors import LeaseLostError
-from loraops.finetune.pipeline import EXIT_LEASE_LOST, workdir
+from loraops.finetune.pipeline import EXIT_LEASE_LOST, clean_workdir, workdir
 from loraops.finetune.store import Claim, FineTuneStore, NewEvent
 
 log = logging.getLogger("loraops.finetune")
@@ -95,6 +95,7 @@ class Worker:
             try:
                 if self.store.status(job.id) == "cancelled":
                     self._kill(proc)
+                    clean_workdir(job.id)
                     log.info("worker %s: %s was cancelled; its process is stopped", self.name, job.id)
                     return
                 if time.monotonic() - renewed > opts.lease_s / 3:
@@ -113,6 +114,7 @@ class Worker:
             try:
                 self.store.finish(job.id, token, "failed", events=[NewEvent(message, level="error", key="failed")],
                                   error={"code": "internal_error", "message": message, "param": None})
+                clean_workdir(job.id)
             except LeaseLostError:
                 pass
 
