@@ -45,7 +45,7 @@ from loraops.serve.errors import BadRequestError
 
 ACTIVE = ("validating_files", "queued", "running")
 TERMINAL = ("succeeded", "failed", "cancelled")
-MAX_ATTEMPTS = 5       # starts of one job (worker crashes, restarts) before it is failed
+MAX_ATTEMPTS = 5       # claims of one job (the file check, then starts and resumes) before it is failed
 
 
 @dataclass(frozen=True)
@@ -321,7 +321,8 @@ class FineTuneStore:
                 if row is None:  # another worker holds it, or took it since we looked
                     continue
                 if row.status == "running" and row.attempts >= MAX_ATTEMPTS:
-                    message = f"the job was started {row.attempts} times and its worker stopped each time"
+                    message = (f"workers claimed the job {row.attempts} times (its file check included) and "
+                               f"stopped before finishing it each time")
                     self._events(s, row.id, [NewEvent(message, level="error", key="failed")])
                     self._finish(s, row, "failed", error={"code": "worker_lost", "message": message, "param": None})
                     continue
