@@ -489,6 +489,17 @@ def registry_fetch(
 # ---- serve -----------------------------------------------------------------------------------
 
 
+def _log_info(fmt: str, *loggers: str) -> None:
+    """Long-running commands log INFO and up of these loggers to stderr."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter(fmt))
+    for name in loggers:
+        log = logging.getLogger(name)
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+        log.propagate = False
+
+
 @app.command("serve")
 def serve_cmd(
     base: str = typer.Option("gemma-3-270m", "--base", help="Known name, HF model dir or .gguf file."),
@@ -523,8 +534,13 @@ def serve_cmd(
                                                                                   "(larger: 413, unread)."),
     max_prompt_chars: int = typer.Option(262_144, "--max-prompt-chars", help="Largest prompt (or all messages) in "
                                                                              "characters, checked before tokenizing."),
+    workers: int = typer.Option(0, "--workers", help="Fine-tuning workers in this process (needs --registry); "
+                                                     "0: run `loraops worker` processes instead."),
+    max_upload_bytes: int = typer.Option(512 << 20, "--max-upload-bytes",
+                                         help="Largest file /v1/files accepts (413 past it)."),
 ) -> None:
-    """Serve the base and its adapters over an OpenAI-compatible HTTP API (many adapters per batch)."""
+    """Serve the base and its adapters over an OpenAI-compatible HTTP API (many adapters per batch).
+    With --registry it also takes fine-tuning jobs (/v1/files, /v1/fine_tuning/jobs)."""
     from loraops.errors import ConfigError
     from loraops.serve.config import EngineConfig, HttpLimits, ServeOptions, check_options
 
@@ -535,22 +551,38 @@ def serve_cmd(
             raise ConfigError(f"--adapter {spec!r}: expected NAME=DIR")
         adapters[name] = path
     opts = ServeOptions(base, adapters, str(tenants) if tenants else None, insecure_no_auth, admin_key,
-                        registry, registry_poll, host, port, threads, quantize,
+                        registry, registry_poll, host, port, threads, quantize, workers, max_upload_bytes,
                         EngineConfig(max_slots=max_slots, max_rank=max_rank, max_batch=max_batch,
                                      max_kv_tokens=max_kv_tokens, max_queue=max_queue,
                                      max_tokens_cap=max_tokens_cap, speculate=speculate,
                                      speculate_step_tokens=speculate_step_tokens, screen_head=screen_head),
                         HttpLimits(max_body_bytes=max_body_bytes, max_prompt_chars=max_prompt_chars), metrics_key)
     check_options(opts)
-    handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
-    serve_log = logging.getLogger("loraops.serve")
-    serve_log.addHandler(handler)
-    serve_log.setLevel(logging.INFO)
-    serve_log.propagate = False
+    _log_info("%(levelname)s: %(message)s", "loraops.serve", "loraops.finetune")
     from loraops.serve.server import run
 
     run(opts)
+
+
+# ---- worker ----------------------------------------------------------------------------------
+
+
+@app.command("worker")
+def worker_cmd(
+    lease_seconds: float = typer.Option(60.0, "--lease-seconds", help="A job whose worker stops renewing its "
+                                                                      "lease this long is resumed by another."),
+    poll_seconds: float = typer.Option(1.0, "--poll-seconds", help="How often to look for jobs and cancellations."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="Torch threads per job process."),
+) -> None:
+    """Run fine-tuning jobs from the registry database's queue (LORAOPS_DB_URL), one at a time, until
+    SIGINT or SIGTERM (the running job goes back to the queue and resumes from its last checkpoint)."""
+    from loraops.errors import ConfigError
+    from loraops.finetune import WorkerOptions, run_worker
+
+    if lease_seconds <= 0 or poll_seconds <= 0 or (threads is not None and threads < 1):
+        raise ConfigError("--lease-seconds and --poll-seconds must be > 0, --threads >= 1")
+    _log_info("%(asctime)s %(levelname)s: %(message)s", "loraops.finetune")
+    run_worker(WorkerOptions(lease_s=lease_seconds, poll_s=poll_seconds, threads=threads))
 
 
 # ---- demo ------------------------------------------------------------------------------------

@@ -19,11 +19,12 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from loraops.serve import schemas
 from loraops.serve.deps import AppState, error_response
 from loraops.serve.errors import ServeError
+from loraops.finetune import routes as fine_tuning
 from loraops.serve.routes import admin, ops, openai
 
 log = logging.getLogger("loraops.serve")
 
-ROUTERS = (openai.router, admin.router, ops.router)
+ROUTERS = (openai.router, admin.router, ops.router, fine_tuning.router)
 
 
 def create_app(state: AppState, routers: Iterable[APIRouter] = ()) -> FastAPI:

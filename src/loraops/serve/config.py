@@ -47,6 +47,8 @@ class ServeOptions:
     port: int = 8000
     threads: int | None = None            # torch threads; None: torch's default
     quantize: str | None = None           # "int8": int8 base linears (models/quantize.py), LoRA in fp32
+    workers: int = 0                      # fine-tuning workers in this process (needs the registry)
+    max_upload_bytes: int = 512 << 20     # largest file POST /v1/files takes (413 past it)
     engine: EngineConfig = field(default_factory=EngineConfig)
     http: HttpLimits = field(default_factory=HttpLimits)
     metrics_key: str | None = None        # /metrics and /ready details: this key or the admin key
@@ -61,6 +63,10 @@ def check_options(opts: ServeOptions) -> None:
         raise ConfigError("--tenants and --insecure-no-auth contradict each other; pass one")
     if opts.quantize not in (None, "int8"):
         raise ConfigError(f"--quantize {opts.quantize!r}: only int8 is supported")
+    if opts.workers < 0 or opts.max_upload_bytes < 1:
+        raise ConfigError("--workers must be >= 0 and --max-upload-bytes >= 1")
+    if opts.workers and not opts.registry:
+        raise ConfigError("--workers runs fine-tuning jobs, which live in the registry: add --registry")
     if opts.threads is not None and opts.threads < 1:
         raise ConfigError("--threads must be >= 1")
     e = opts.engine

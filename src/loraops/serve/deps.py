@@ -44,6 +44,9 @@ class AppState:
     metrics_key: str | None = None          # /metrics and /ready's details: this key or the admin key
     limits: HttpLimits = field(default_factory=HttpLimits)
     grammars: GrammarCache | None = None
+    # With a registry: the fine-tuning service (finetune.service.FineTuning) behind /v1/files and
+    # /v1/fine_tuning, which also resolves "ft:..." model ids. None: those routes answer 404.
+    finetune: object | None = None
 
     def __post_init__(self) -> None:
         if self.grammars is None:

@@ -1,7 +1,8 @@
 """The dashboard: server-rendered pages under /ui, mounted by the API app.
 
 Pages: adapters per tenant; one adapter's versions with stages, lineage, eval results across
-versions and training curves; live serving stats. Promote and rollback go through a confirmation
+versions and training curves; live serving stats; fine-tuning jobs, each with its status, events
+and loss curve (refreshed every 2 seconds while the job runs). Promote and rollback go through a confirmation
 page and are audited by the registry with the actor "dashboard:admin".
 
 Every POST is checked against cross-site requests twice: an Origin header, when the browser sends
@@ -21,7 +22,7 @@ from fastapi.templating import Jinja2Templates
 from loraops.errors import LoraOpsError
 from loraops.web.auth import COOKIE, TTL_S, DashboardKeys
 from loraops.web.charts import line_chart_svg
-from loraops.web.source import AdapterView, DashboardSource
+from loraops.web.source import AdapterView, DashboardSource, JobView
 
 templates = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
 
@@ -41,6 +42,11 @@ def loss_chart(adapter: AdapterView) -> str:
         series = {"train loss": latest.loss_curve, "val loss": latest.val_loss_curve}
     title = f"Training curves, version {latest.version}" if latest else "Training curves"
     return line_chart_svg({k: v for k, v in series.items() if v}, title, x_label="step")
+
+
+def job_loss_chart(job: JobView) -> str:
+    series = {"train loss": job.loss_curve, "val loss": job.val_loss_curve}
+    return line_chart_svg({k: v for k, v in series.items() if v}, f"Loss, {job.id}", x_label="step")
 
 
 def dashboard_router(source: DashboardSource, keys: DashboardKeys) -> APIRouter:
@@ -144,6 +150,21 @@ def dashboard_router(source: DashboardSource, keys: DashboardKeys) -> APIRouter:
         except LoraOpsError as e:
             message = f"Rollback refused: {e}"
         return RedirectResponse(f"/ui/adapters/{name}?message={message}", status_code=303)
+
+    @router.get("/jobs", response_class=HTMLResponse)
+    def jobs(request: Request):
+        if role(request) is None:
+            return denied(request)
+        return page(request, "jobs.html", jobs=source.jobs())
+
+    @router.get("/jobs/{job_id}", response_class=HTMLResponse)
+    def job_page(request: Request, job_id: str):
+        if role(request) is None:
+            return denied(request)
+        job = source.job(job_id)
+        if job is None:
+            return page(request, "error.html", status=404, message=f"No fine-tuning job {job_id!r}.")
+        return page(request, "job.html", job=job, loss_chart=job_loss_chart(job))
 
     @router.get("/serving", response_class=HTMLResponse)
     def serving(request: Request):

@@ -18,6 +18,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
+from loraops.finetune.ids import is_fine_tuned
 from loraops.serve import schemas
 from loraops.serve.deps import AppState, app_state, json_body, tenant
 from loraops.serve.errors import BadRequestError, ModelNotFoundError, ServeError
@@ -57,12 +58,28 @@ async def check_visible(state: AppState, tenant: Tenant, model: ModelRef) -> Non
         visible_model(state, tenant, model)
 
 
+async def resolve_model(state: AppState, tenant: Tenant, model: str, single: bool = False) -> ModelRef:
+    """The model a request names, parsed once and checked visible to `tenant`: an id or (unless
+    `single`) a composition, or one of the tenant's fine-tuned "ft:..." ids, which name registry
+    versions (finetune/ids.py) that the fine-tuning service resolves per tenant — another tenant's
+    resolves exactly like an unknown id."""
+    if not is_fine_tuned(model):
+        ref = ModelRef.parse(model, single=single)
+        await check_visible(state, tenant, ref)
+        return ref
+    if state.finetune is None:
+        raise ModelNotFoundError(f"the model {model[:80]!r} does not exist", param="model")
+    return ModelRef.parse(await run_in_threadpool(state.finetune.engine_model, tenant, model))
+
+
 @router.get("/models", response_model=schemas.ModelList, responses=schemas.errors(401))
 async def list_models(state: AppState = Depends(app_state), who: Tenant = Depends(tenant)):
     """The models this key may use: its adapters, and the base if the tenant may use it."""
     engine, now = state.engine, int(time.time())
     ids = ([engine.base_name] if who.allow_base else []) + sorted(
         e.model_id for e in engine.models() if who.can_use(e.model_id, engine.base_name))
+    if state.finetune is not None:
+        ids += await run_in_threadpool(state.finetune.models, who)
     return {"object": "list", "data": [
         {"id": i, "object": "model", "created": now, "owned_by": "loraops" if i == engine.base_name
          else who.name, "root": engine.base_name} for i in ids]}
@@ -71,7 +88,7 @@ async def list_models(state: AppState = Depends(app_state), who: Tenant = Depend
 @router.get("/models/{model_id}", response_model=schemas.Model, responses=schemas.errors(400, 401, 404))
 async def get_model(model_id: str, state: AppState = Depends(app_state), who: Tenant = Depends(tenant)):
     """One model this key may use (a composition is not a model: 400)."""
-    await check_visible(state, who, ModelRef.parse(model_id, single=True))
+    await resolve_model(state, who, model_id, single=True)
     return {"id": model_id, "object": "model", "created": int(time.time()), "owned_by": who.name,
             "root": state.engine.base_name}
 
@@ -131,8 +148,7 @@ async def _generate(request: Request, state: AppState, who: Tenant, body: dict, 
     try:
         parse = parse_chat if chat else parse_completion
         req = parse(body, state.limits.max_prompt_chars)
-        model = ModelRef.parse(req.model)                 # parsed once: the engine gets this value
-        await check_visible(state, who, model)
+        model = await resolve_model(state, who, req.model)   # parsed once: the engine gets this value
         label_model = model.label
         state.limiter.check(who)                          # over its limits: refused before any tokenizing
         prompt = await run_in_threadpool(_encode, state, req)
