@@ -69,10 +69,12 @@ class LoadFailed:
 class AdapterCatalog:
     def __init__(self, pool: SlotPool, base_name: str, fingerprint: str | None,
                  wake: Callable[[], None] = lambda: None, metrics=None,
-                 read: Callable[[str], Adapter] = read_adapter):
-        """wake: called when a load finished (the engine thread should look). read: path -> Adapter."""
+                 read: Callable[[str], Adapter] = read_adapter, check: Callable[[Adapter], None] | None = None):
+        """wake: called when a load finished (the engine thread should look). read: path -> Adapter.
+        check: raises if the adapter cannot be served here (default: `pool.check`)."""
         self.pool, self.base_name, self.fingerprint = pool, base_name, fingerprint
         self._wake, self._metrics, self._read = wake, metrics, read
+        self._check = check or pool.check
         self._lock = threading.Lock()
         self._entries: dict[str, AdapterEntry] = {}       # model id -> entry
         self._current: dict[str, AdapterEntry] = {}       # pool key -> entry, current registrations only
@@ -91,7 +93,7 @@ class AdapterCatalog:
         try:
             adapter = self._read(path)
             check_base(adapter, self.base_name, self.fingerprint, force)
-            self.pool.check(adapter)
+            self._check(adapter)
         except LoraOpsError:
             raise
         except Exception as e:                       # a case no reader check foresaw: still only this adapter's

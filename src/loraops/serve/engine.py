@@ -39,6 +39,8 @@ log = logging.getLogger("loraops.serve")
 
 
 class Engine:
+    task = "generation"                                   # encoder.EncoderEngine's is "classification"
+
     def __init__(self, base: LoadedBase, config: EngineConfig | None = None, metrics=None):
         self.config = config = config or EngineConfig()
         self.base, self.model, self.tokenizer = base, base.model, base.tokenizer
