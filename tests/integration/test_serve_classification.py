@@ -174,3 +174,48 @@ def test_adapters_that_do_not_fit_the_encoder_are_refused_with_the_reason(by_han
         {"classifier.weight": torch.ones(1, 32), "classifier.bias": torch.ones(1)})))
     refused("shape", "classifier.weight: the adapter's is", lambda a: a.saved_modules.update(
         {"classifier.weight": torch.ones(3, 16)}))
+
+
+def test_a_roberta_head_is_served_as_peft_gives_it_and_deberta_is_refused_at_start(tmp_path):
+    """RoBERTa's head is a module of two linears over the whole sequence (no pooler); DeBERTa-v2
+    runs its query/key projections over relative-position embeddings that every row shares."""
+    from transformers import (DebertaV2Config, DebertaV2ForSequenceClassification, RobertaConfig,
+                              RobertaForSequenceClassification)
+
+    from loraops.errors import ConfigError
+    from loraops.lora import Adapter, LoRAConfig, ModuleLoRA, select_targets
+    from loraops.serve.encoder import EncoderEngine
+    from tiny import tiny_encoder_tokenizer
+
+    tok = tiny_encoder_tokenizer()
+    size = dict(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                num_labels=3, pad_token_id=tok.pad_token_id)
+    torch.manual_seed(0)
+    for name, model in [("roberta", RobertaForSequenceClassification(RobertaConfig(max_position_embeddings=130, **size))),
+                        ("deberta", DebertaV2ForSequenceClassification(DebertaV2Config(
+                            max_position_embeddings=128, relative_attention=True, pos_att_type=["p2c", "c2p"], **size)))]:
+        model.save_pretrained(tmp_path / name)
+        tok.save_pretrained(tmp_path / name)
+    with pytest.raises(ConfigError, match="not one row per token"):
+        EncoderEngine(load_encoder_base(str(tmp_path / "deberta")))
+    engine = EncoderEngine(load_encoder_base(str(tmp_path / "roberta")))
+    config = LoRAConfig(r=2, alpha=4, target_modules=["query", "value"], modules_to_save=["classifier"],
+                        task_type="SEQ_CLS")
+    g = torch.Generator().manual_seed(3)
+    modules = {p: ModuleLoRA(torch.randn(2, 32, generator=g) * 0.3, torch.randn(32, 2, generator=g) * 0.3, 2.0)
+               for p in select_targets(load_encoder_base(str(tmp_path / "roberta")).model, config)}
+    saved = {"classifier.dense.weight": (32, 32), "classifier.dense.bias": (32,),
+             "classifier.out_proj.weight": (2, 32), "classifier.out_proj.bias": (2,)}
+    adapter = Adapter(config, modules, {k: torch.randn(*s, generator=g) for k, s in saved.items()}, {"labels": ["n", "y"]})
+    engine.add_adapter("ad", str(save_adapter(adapter, tmp_path / "ad")))
+    outs = {}
+    ids = [tok(t)["input_ids"] for t in TEXTS[:3]]
+    engine.submit("t", "ad", ids, lambda o: outs.__setitem__("ad", o))
+    engine.submit("t", "roberta", ids, lambda o: outs.__setitem__("base", o))   # 3 labels, the same forward
+    assert engine.step() and not len(engine.waiting)
+    assert outs["ad"].labels == ["n", "y"] and len(outs["base"].labels) == 3
+    assert (outs["ad"].probs - peft_probs(tmp_path / "roberta", tmp_path / "ad", 2, TEXTS[:3])).abs().max() <= 1e-5
+    plain = load_encoder_base(str(tmp_path / "roberta")).model
+    with torch.no_grad():
+        want = torch.cat([torch.softmax(plain(input_ids=torch.tensor([x])).logits, -1) for x in ids])
+    assert (outs["base"].probs - want).abs().max() <= 1e-5
