@@ -142,6 +142,15 @@ class AdapterCatalog:
         with self._lock:
             return list(self._entries.values())
 
+    def served(self, model_id: str) -> bool:
+        """A served model id (canonical, ModelRef.id): the base or a registered adapter."""
+        return model_id == self.base_name or self.get(model_id) is not None
+
+    def resident(self) -> dict[str, int]:
+        """model id -> slot of the adapters whose current weights are in the pool."""
+        res = self.pool.resident()
+        return {e.model_id: res[e.key] for e in self.entries() if e.key in res}
+
     def resolve(self, ref: ModelRef) -> list[tuple[str, float]]:
         """A model -> its (pool key, weight) terms: none for the base alone. Raises
         ModelNotFoundError (an unknown part) or BadRequestError (the base inside a composition)."""

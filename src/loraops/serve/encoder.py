@@ -33,6 +33,7 @@ from loraops.models import EncoderBase
 from loraops.serve.catalog import AdapterCatalog, AdapterEntry
 from loraops.serve.config import EngineConfig
 from loraops.serve.context import ForwardContext
+from loraops.serve.engine_thread import EngineThread
 from loraops.serve.errors import (BadRequestError, ContextLengthError, InternalError, ModelNotFoundError,
                                   NonFiniteOutputError, OverloadedError, ServeError)
 from loraops.serve.events import ErrorEvent
@@ -85,9 +86,7 @@ class EncoderEngine:
         self.waiting = FairQueue(config.max_queue)
         self._lock = threading.Lock()
         self._ids = itertools.count(1)
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._threads_wanted = torch.get_num_threads()
+        self._thread = EngineThread("loraops-encoder", self.step, self.catalog, self._wake)
 
     def _check(self, adapter: Adapter) -> None:
         self.pool.check(replace(adapter, saved_modules={}))   # the LoRA part goes into a slot ...
@@ -131,11 +130,10 @@ class EncoderEngine:
         return self.catalog.entries()
 
     def resident(self) -> dict[str, int]:
-        res = self.pool.resident()
-        return {e.model_id: res[e.key] for e in self.catalog.entries() if e.key in res}
+        return self.catalog.resident()
 
     def has_model(self, model_id: str) -> bool:
-        return model_id == self.base_name or self.catalog.get(model_id) is not None
+        return self.catalog.served(model_id)
 
     # ---- requests (any thread) ---------------------------------------------------------------
 
@@ -284,20 +282,13 @@ class EncoderEngine:
             self.saved.bind(None)
 
     def start(self) -> None:
-        self._threads_wanted = torch.get_num_threads()
-        self.catalog.start()
-        self._thread = threading.Thread(target=self._loop, name="loraops-encoder", daemon=True)
         self._thread.start()
 
     def alive(self) -> bool:
-        return self._thread is not None and self._thread.is_alive() and self.catalog.alive()
+        return self._thread.alive()
 
     def stop(self) -> None:
-        self._stop.set()
-        self._wake.set()
-        self.catalog.stop()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
+        self._thread.stop()
 
     def run_until_idle(self, max_steps: int = 10_000) -> None:
         """Drive the engine from the calling thread (tests; no threads started) until nothing is left."""
@@ -305,13 +296,3 @@ class EncoderEngine:
             self.catalog.load_pending()
             if not self.step() and not len(self.waiting) and not self.catalog.pending():
                 return
-
-    def _loop(self) -> None:
-        torch.set_num_threads(self._threads_wanted)        # OpenMP's thread count is per OS thread
-        while not self._stop.is_set():
-            self._wake.clear()
-            try:
-                if not self.step():
-                    self._wake.wait(timeout=0.05)
-            except Exception:                              # a bug must not kill the server silently
-                log.exception("encoder step failed")
