@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 from hostile import assert_openai_error, post
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "unit" / "serve"))
 from harness import Server  # noqa: E402
@@ -17,6 +19,8 @@ from lora_factory import save_classifiers  # noqa: E402
 from tiny import save_tiny_encoder  # noqa: E402
 
 from loraops.models import load_encoder_base  # noqa: E402
+from loraops.serve.errors import BadRequestError  # noqa: E402
+from loraops.serve.protocol import MAX_INPUTS, parse_classification  # noqa: E402
 
 ACME, BETA = "sk-acme-cls-hostile-01", "sk-beta-cls-hostile-02"
 ROUTE, MAX_CHARS = "/v1/classifications", 2000
@@ -129,3 +133,22 @@ def test_generation_routes_on_an_encoder_are_refused_by_name(encoder):
 def test_classifications_on_a_causal_lm_server_are_refused_by_name(env):
     err = assert_openai_error(post(env, ROUTE, {"model": "acme-a", "input": "x"}), 400, "unsupported_task")
     assert "/v1/completions" in err["message"]
+
+
+texts = st.text(max_size=8) | st.sampled_from(["\ud800", "", "x" * 3000])
+values = st.recursive(st.none() | st.booleans() | st.floats() | st.integers() | texts,
+                      lambda inner: st.lists(inner, max_size=3) | st.dictionaries(texts, inner, max_size=3),
+                      max_leaves=8)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.fixed_dictionaries({}, optional={"model": st.sampled_from(["m", "a:0.5+b:0.5"]) | values,
+                                           "input": texts | st.lists(texts, max_size=4) | values}))
+def test_the_classification_parser_raises_only_bad_request(body):
+    try:
+        req = parse_classification(body, max_chars=MAX_CHARS)
+    except BadRequestError as e:
+        assert e.message and e.status == 400
+        return
+    assert isinstance(req.model, str) and req.model and 1 <= len(req.inputs) <= MAX_INPUTS
+    assert all(isinstance(t, str) and t for t in req.inputs) and sum(map(len, req.inputs)) <= MAX_CHARS

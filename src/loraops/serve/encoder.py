@@ -74,12 +74,12 @@ class EncoderEngine:
         self.base, self.model, self.tokenizer = base, base.model, base.tokenizer
         self.base_name = base.info.name
         self.metrics = metrics
+        self.pad_id = self.tokenizer.pad_token_id or 0       # padding is masked: any id will do
+        self.max_length = max_length(self.model, self.tokenizer, self.model.config.max_position_embeddings)
         self.saved = SavedModules(self.model, base.untrained)
         self.pool, self.lora_layers = install(self.model, config.max_slots, config.max_rank,
                                               self.saved.exclude(adaptable_paths(self.model)))
         self._check_token_rows()
-        self.max_length = max_length(self.model, self.tokenizer, self.model.config.max_position_embeddings)
-        self.pad_id = self.tokenizer.pad_token_id or 0       # padding is masked: any id will do
         self._wake = threading.Event()
         self.catalog = AdapterCatalog(self.pool, self.base_name, base.info.fingerprint, self._wake.set, metrics,
                                       check=self._check)
@@ -101,7 +101,7 @@ class EncoderEngine:
                  for m in self.lora_layers]
         try:
             with torch.no_grad():
-                self.model(input_ids=torch.full((2, 3), self.tokenizer.pad_token_id or 0))
+                self.model(input_ids=torch.full((2, 3), self.pad_id))
         finally:
             for h in hooks:
                 h.remove()
