@@ -515,7 +515,8 @@ def serve_cmd(
                                                                           "key works too."),
     max_slots: int = typer.Option(8, "--max-slots", help="Adapters resident at once."),
     max_rank: int = typer.Option(64, "--max-rank", help="Largest adapter rank a slot holds."),
-    max_batch: int = typer.Option(16, "--max-batch", help="Sequences per engine step."),
+    max_batch: int = typer.Option(16, "--max-batch", help="Sequences per engine step (an encoder: texts per "
+                                                          "forward)."),
     max_kv_tokens: int = typer.Option(16384, "--max-kv-tokens", help="KV-cache budget in tokens."),
     max_queue: int = typer.Option(64, "--max-queue", help="Waiting requests before 503."),
     max_tokens_cap: int = typer.Option(1024, "--max-tokens-cap", help="Largest max_tokens a request may ask."),

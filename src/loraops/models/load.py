@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -30,6 +32,42 @@ def load_base(spec: str, dtype: torch.dtype = torch.float32, progress: bool = Fa
     model = AutoModelForCausalLM.from_pretrained(info.path, dtype=dtype, use_safetensors=True).eval()
     tokenizer = AutoTokenizer.from_pretrained(info.path)
     return LoadedBase(model, tokenizer, info)
+
+
+# config.json `architectures` that make a directory an encoder served for classification.
+ENCODER_ARCHITECTURES = ("ForSequenceClassification", "ForMaskedLM")
+
+
+@dataclass
+class EncoderBase(LoadedBase):
+    untrained: list[str]   # modules the checkpoint has no weights for (a masked-LM checkpoint's pooler and head)
+
+
+def is_encoder(spec: str) -> bool:
+    """`spec` is an HF directory whose config.json names a `*ForSequenceClassification` or
+    `*ForMaskedLM` class (a BERT/RoBERTa/DeBERTa-style encoder). Known names and .gguf files are
+    causal LMs. Reads one small file: no torch."""
+    config = Path(spec).expanduser() / "config.json"
+    if not config.is_file():
+        return False
+    try:
+        architectures = json.loads(config.read_text()).get("architectures") or []
+    except (ValueError, AttributeError):
+        return False
+    return any(isinstance(a, str) and a.endswith(ENCODER_ARCHITECTURES) for a in architectures)
+
+
+def load_encoder_base(spec: str, dtype: torch.dtype = torch.float32) -> EncoderBase:
+    """The encoder as `AutoModelForSequenceClassification` with the checkpoint's own label count;
+    the modules the checkpoint lacks are left at their random init (adapters must bring them)."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    info = resolve_base(spec)
+    model, loading = AutoModelForSequenceClassification.from_pretrained(
+        info.path, dtype=dtype, use_safetensors=True, output_loading_info=True)
+    missing = set(loading["missing_keys"]) | {k[0] if isinstance(k, tuple) else k for k in loading["mismatched_keys"]}
+    return EncoderBase(model.eval(), AutoTokenizer.from_pretrained(info.path), info,
+                       sorted({k.rsplit(".", 1)[0] for k in missing}))
 
 
 def check_base(adapter: Adapter, base_name: str, base_fingerprint: str, force: bool = False) -> None:

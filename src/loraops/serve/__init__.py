@@ -1,7 +1,8 @@
 """Multi-tenant serving: one base model, many LoRA adapters in one batch, OpenAI-compatible HTTP.
 
 engine.py (continuous batching: scheduler.py -> runner.py -> postprocess.py, catalog.py for
-adapters, model_ref.py for model ids, events.py for what requests receive) over lora_kernels.py /
+adapters, model_ref.py for model ids, events.py for what requests receive; encoder.py with
+saved_modules.py instead for classification on an encoder base) over lora_kernels.py /
 layers.py / slots.py (multi-adapter LoRA), kv.py (paged KV cache + attention), head.py, gemm.py,
 sampling.py, speculate.py; api.py (HTTP) with tenancy.py, limits.py, metrics.py, protocol.py;
 server.py builds it all for `loraops serve`; config.py holds the options. Names are imported

@@ -1,5 +1,5 @@
-"""The HTTP API app: the routers (routes/openai.py, routes/admin.py, routes/ops.py, and any other
-module's), the error handlers, and the OpenAPI document (docs/openapi.json).
+"""The HTTP API app: the routers (routes/openai.py, routes/classify.py, routes/admin.py,
+routes/ops.py, and any other module's), the error handlers, and the OpenAPI document (docs/openapi.json).
 
 Every error is an OpenAI error body {"error": {"message", "type", "code", "param"}} with the status
 of its ServeError class (errors.py): unknown routes and methods too, and anything unexpected is a
@@ -20,11 +20,11 @@ from loraops.serve import schemas
 from loraops.serve.deps import AppState, error_response
 from loraops.serve.errors import ServeError
 from loraops.finetune import routes as fine_tuning
-from loraops.serve.routes import admin, ops, openai
+from loraops.serve.routes import admin, classify, ops, openai
 
 log = logging.getLogger("loraops.serve")
 
-ROUTERS = (openai.router, admin.router, ops.router, fine_tuning.router)
+ROUTERS = (openai.router, classify.router, admin.router, ops.router, fine_tuning.router)
 
 
 def create_app(state: AppState, routers: Iterable[APIRouter] = ()) -> FastAPI:

@@ -69,10 +69,12 @@ class LoadFailed:
 class AdapterCatalog:
     def __init__(self, pool: SlotPool, base_name: str, fingerprint: str | None,
                  wake: Callable[[], None] = lambda: None, metrics=None,
-                 read: Callable[[str], Adapter] = read_adapter):
-        """wake: called when a load finished (the engine thread should look). read: path -> Adapter."""
+                 read: Callable[[str], Adapter] = read_adapter, check: Callable[[Adapter], None] | None = None):
+        """wake: called when a load finished (the engine thread should look). read: path -> Adapter.
+        check: raises if the adapter cannot be served here (default: `pool.check`)."""
         self.pool, self.base_name, self.fingerprint = pool, base_name, fingerprint
         self._wake, self._metrics, self._read = wake, metrics, read
+        self._check = check or pool.check
         self._lock = threading.Lock()
         self._entries: dict[str, AdapterEntry] = {}       # model id -> entry
         self._current: dict[str, AdapterEntry] = {}       # pool key -> entry, current registrations only
@@ -91,7 +93,7 @@ class AdapterCatalog:
         try:
             adapter = self._read(path)
             check_base(adapter, self.base_name, self.fingerprint, force)
-            self.pool.check(adapter)
+            self._check(adapter)
         except LoraOpsError:
             raise
         except Exception as e:                       # a case no reader check foresaw: still only this adapter's
@@ -139,6 +141,15 @@ class AdapterCatalog:
     def entries(self) -> list[AdapterEntry]:
         with self._lock:
             return list(self._entries.values())
+
+    def served(self, model_id: str) -> bool:
+        """A served model id (canonical, ModelRef.id): the base or a registered adapter."""
+        return model_id == self.base_name or self.get(model_id) is not None
+
+    def resident(self) -> dict[str, int]:
+        """model id -> slot of the adapters whose current weights are in the pool."""
+        res = self.pool.resident()
+        return {e.model_id: res[e.key] for e in self.entries() if e.key in res}
 
     def resolve(self, ref: ModelRef) -> list[tuple[str, float]]:
         """A model -> its (pool key, weight) terms: none for the base alone. Raises

@@ -20,7 +20,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 
 from loraops.serve.config import HttpLimits
-from loraops.serve.errors import AuthError, ClientClosedError, PayloadTooLargeError, ServeError
+from loraops.serve.errors import AuthError, ClientClosedError, PayloadTooLargeError, ServeError, UnsupportedTaskError
 from loraops.serve.grammar import GrammarCache
 from loraops.serve.limits import Limiter
 from loraops.serve.metrics import ServeMetrics
@@ -51,6 +51,18 @@ class AppState:
     def __post_init__(self) -> None:
         if self.grammars is None:
             self.grammars = GrammarCache(self.limits.grammar_cache)
+
+
+ROUTES_OF = {"generation": "/v1/completions or /v1/chat/completions", "classification": "/v1/classifications"}
+
+
+def require_task(state: AppState, task: str) -> None:
+    """400 unless this server's engine does `task`: "generation" (a causal LM) or "classification"
+    (an encoder, serve/encoder.py)."""
+    served = state.engine.task
+    if served != task:
+        raise UnsupportedTaskError(f"this server's base {state.engine.base_name!r} is served for {served}, not "
+                                   f"{task}: use {ROUTES_OF[served]}")
 
 
 def error_body(e: ServeError) -> dict:

@@ -6,7 +6,8 @@
 
 scheduler.py (Sequence, FairQueue, Scheduler), runner.py (pack, ModelRunner, StepOutput),
 postprocess.py (Postprocessor), catalog.py (AdapterCatalog and its loader thread), model_ref.py
-(the parsed model id), events.py (what a request's sink receives).
+(the parsed model id), events.py (what a request's sink receives), engine_thread.py (the thread
+that runs `step`).
 
 Threads: API threads call `submit`, `cancel`, `add_adapter`, ..., which touch only the queue and
 the catalog under their locks; the engine thread runs `step` and alone touches the model, the slot
@@ -19,12 +20,11 @@ import itertools
 import logging
 import threading
 
-import torch
-
 from loraops.lora import Adapter
 from loraops.models import LoadedBase
 from loraops.serve.catalog import AdapterCatalog, AdapterEntry
 from loraops.serve.config import EngineConfig
+from loraops.serve.engine_thread import EngineThread
 from loraops.serve.errors import BadRequestError, ContextLengthError, InternalError, ModelNotFoundError
 from loraops.serve.events import DoneEvent, ErrorEvent, TokenEvent
 from loraops.serve.model_ref import ModelRef
@@ -39,6 +39,8 @@ log = logging.getLogger("loraops.serve")
 
 
 class Engine:
+    task = "generation"                                   # encoder.EncoderEngine's is "classification"
+
     def __init__(self, base: LoadedBase, config: EngineConfig | None = None, metrics=None):
         self.config = config = config or EngineConfig()
         self.base, self.model, self.tokenizer = base, base.model, base.tokenizer
@@ -56,9 +58,7 @@ class Engine:
         self.scheduler = Scheduler(config, self.cache, self.pool, self.catalog)
         self.postprocess = Postprocessor(self.scheduler, self.eos_ids, metrics)
         self._ids = itertools.count(1)
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._threads_wanted = torch.get_num_threads()
+        self._thread = EngineThread("loraops-engine", self.step, self.catalog, self._wake, self._fail_running)
 
     # ---- adapters (any thread) ---------------------------------------------------------------
 
@@ -88,12 +88,11 @@ class Engine:
 
     def resident(self) -> dict[str, int]:
         """model id -> slot of the adapters whose current weights are in the pool."""
-        res = self.pool.resident()
-        return {e.model_id: res[e.key] for e in self.catalog.entries() if e.key in res}
+        return self.catalog.resident()
 
     def has_model(self, model_id: str) -> bool:
         """A served model id (canonical, ModelRef.id): the base or a registered adapter."""
-        return model_id == self.base_name or self.catalog.get(model_id) is not None
+        return self.catalog.served(model_id)
 
     # ---- requests (any thread) ---------------------------------------------------------------
 
@@ -146,21 +145,14 @@ class Engine:
         return batch is not None
 
     def start(self) -> None:
-        self._threads_wanted = torch.get_num_threads()
-        self.catalog.start()
-        self._thread = threading.Thread(target=self._loop, name="loraops-engine", daemon=True)
         self._thread.start()
 
     def alive(self) -> bool:
         """The engine and loader threads are running."""
-        return self._thread is not None and self._thread.is_alive() and self.catalog.alive()
+        return self._thread.alive()
 
     def stop(self) -> None:
-        self._stop.set()
-        self._wake.set()
-        self.catalog.stop()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
+        self._thread.stop()
 
     def run_until_idle(self, max_steps: int = 100_000) -> None:
         """Drive the engine from the calling thread (tests, benchmarks; no threads started) until
@@ -170,18 +162,10 @@ class Engine:
             if not self.step() and self.scheduler.idle():
                 return
 
-    def _loop(self) -> None:
-        # OpenMP's thread count is per OS thread: adopt the one set (torch.set_num_threads) by the starter.
-        torch.set_num_threads(self._threads_wanted)
-        while not self._stop.is_set():
-            self._wake.clear()
-            try:
-                if not self.step():
-                    self._wake.wait(timeout=0.05)
-            except Exception:                              # a bug must not kill the server silently
-                log.exception("engine step failed; failing the running requests")
-                for seq in list(self.running):
-                    self.postprocess.fail(seq, InternalError("internal error while generating"))
+    def _fail_running(self) -> None:
+        """After a step raised (a bug): fail the running requests, keep serving."""
+        for seq in list(self.running):
+            self.postprocess.fail(seq, InternalError("internal error while generating"))
 
     def _observe(self, batch: Batch | None) -> None:
         if self.metrics is not None:

@@ -25,6 +25,12 @@ class ContextLengthError(BadRequestError):
     code = "context_length_exceeded"
 
 
+class UnsupportedTaskError(BadRequestError):
+    """A route this server's model cannot answer: generation on an encoder, classification on a causal LM."""
+
+    code = "unsupported_task"
+
+
 class UnsupportedAdapterError(ServeError):
     """An adapter the slot pool cannot hold (DoRA, modules_to_save, rank over --max-rank)."""
 

@@ -41,9 +41,11 @@ def adaptable_paths(model: nn.Module) -> list[str]:
     return select_targets(model, LoRAConfig(target_modules=ALL_LINEAR))
 
 
-def install(model: nn.Module, max_slots: int, max_rank: int) -> tuple[SlotPool, list[MultiLoRALinear]]:
-    """Wrap every adaptable linear of `model` in a MultiLoRALinear backed by a new SlotPool (in place)."""
-    paths = adaptable_paths(model)
+def install(model: nn.Module, max_slots: int, max_rank: int,
+            paths: list[str] | None = None) -> tuple[SlotPool, list[MultiLoRALinear]]:
+    """Wrap every adaptable linear of `model` (or those at `paths`) in a MultiLoRALinear backed by
+    a new SlotPool (in place)."""
+    paths = adaptable_paths(model) if paths is None else paths
     pool = SlotPool.for_model(model, paths, max_slots, max_rank)
     layers = []
     for path in paths:

@@ -50,24 +50,29 @@ class ServeMetrics:
 
     def observe_engine(self, engine, batch: int) -> None:
         """Called by the engine thread after each step."""
-        if batch:
-            self.batch_hist.observe(batch)
-        self.batch_size.set(batch)
-        self.queue_depth.set(engine.queue_depth())
+        self.observe_encoder(engine, batch)
         cache = engine.cache
         self.kv_blocks.set(cache.used_blocks)
         self.kv_blocks_total.set(cache.num_blocks)
         self.kv_tokens.set(sum(s.budget for s in list(engine.running)))
+        drafted, accepted = engine.spec_stats
+        self.spec_drafted.inc(drafted - self._spec_seen[0])
+        self.spec_accepted.inc(accepted - self._spec_seen[1])
+        self._spec_seen = (drafted, accepted)
+
+    def observe_encoder(self, engine, batch: int) -> None:
+        """Called by an engine thread after each step: what every engine has (for the encoder,
+        `batch` counts the inputs classified in the step)."""
+        if batch:
+            self.batch_hist.observe(batch)
+        self.batch_size.set(batch)
+        self.queue_depth.set(engine.queue_depth())
         st = engine.pool.stats
         h, m, e = self._seen
         self.slot_hits.inc(st.hits - h)
         self.slot_misses.inc(st.misses - m)
         self.slot_evictions.inc(st.evictions - e)
         self._seen = (st.hits, st.misses, st.evictions)
-        drafted, accepted = engine.spec_stats
-        self.spec_drafted.inc(drafted - self._spec_seen[0])
-        self.spec_accepted.inc(accepted - self._spec_seen[1])
-        self._spec_seen = (drafted, accepted)
         self.resident.set(len(engine.pool.resident()))
 
     def live(self) -> dict[str, float]:

@@ -25,6 +25,7 @@ MAX_DEPTH = 64                     # JSON nesting of a request body; OpenAI's bo
 MAX_PROMPT_CHARS = HttpLimits.max_prompt_chars
 MIN_TEMPERATURE = 1e-5             # below this (and above 0), logits / temperature overflow fp32
 MIN_TOP_P = 1e-6                   # below this, top_p rounds to 0 in fp32 and keeps no token
+MAX_INPUTS = 256                   # texts in one /v1/classifications request
 
 # Fields that would change the output if honoured, each with the values that change nothing (and are
 # accepted, like null). Anything else is refused with a 400 naming the field: a request never gets an
@@ -246,3 +247,28 @@ def parse_chat(body: dict, max_prompt_chars: int = MAX_PROMPT_CHARS) -> Generati
         clean.append({"role": role, "content": _content(m, i)})
     _too_long(sum(len(m["content"]) for m in clean), max_prompt_chars, "messages")
     return GenerationRequest(model, params, stream, usage, messages=tuple(clean), schema=_schema(body))
+
+
+@dataclass(frozen=True)
+class ClassificationRequest:
+    model: str
+    inputs: tuple[str, ...]
+
+
+def parse_classification(body: dict, max_chars: int = MAX_PROMPT_CHARS) -> ClassificationRequest:
+    """/v1/classifications: {"model": str, "input": str | [str, ...]} (other fields are ignored)."""
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise BadRequestError("model must be a non-empty string", param="model")
+    given = body.get("input")
+    inputs = [given] if isinstance(given, str) else given
+    if not isinstance(inputs, list) or not 1 <= len(inputs) <= MAX_INPUTS:
+        raise BadRequestError(f"input must be a string or a list of 1 to {MAX_INPUTS} strings", param="input")
+    for i, text in enumerate(inputs):
+        if not isinstance(text, str) or not text:
+            raise BadRequestError(f"input[{i}] must be a non-empty string", param=f"input[{i}]")
+    chars = sum(map(len, inputs))
+    if chars > max_chars:
+        raise BadRequestError(f"the input has {chars} characters in all; this server takes at most {max_chars}",
+                              param="input")
+    return ClassificationRequest(model, tuple(inputs))

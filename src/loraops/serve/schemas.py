@@ -7,11 +7,11 @@ its field; these models describe the same contract for clients, docs and schemat
 
 from __future__ import annotations
 
-from typing import Literal, Union
+from typing import Annotated, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from loraops.serve.protocol import MAX_STOP, MAX_STOP_CHARS, MIN_TOP_P
+from loraops.serve.protocol import MAX_INPUTS, MAX_STOP, MAX_STOP_CHARS, MIN_TOP_P
 
 # ---- errors -------------------------------------------------------------------------------------
 
@@ -30,11 +30,13 @@ class ErrorBody(BaseModel):
 
 
 ERROR_WHEN = {
-    400: "Malformed or out-of-range field (`param` names it), or a model id that is not valid",
+    400: "Malformed or out-of-range field (`param` names it), a model id that is not valid, or a route "
+         "this server's model does not serve (`unsupported_task`)",
     401: "No key or an invalid key",
     404: "Unknown model, or another tenant's (the same body)",
     413: "The request body is over --max-body-bytes",
     429: "Tenant rate limit (`Retry-After`)",
+    500: "This request alone failed: its adapter produced NaN/inf (`non_finite_output`), or a bug",
     503: "The queue is full, or the adapter could not be loaded (`Retry-After`)",
 }
 
@@ -132,7 +134,20 @@ class AdapterLoad(BaseModel):
     force: bool = Field(False, description="Load even if it is bound to another base (recorded)")
 
 
-REQUEST_MODELS = (CompletionRequest, ChatCompletionRequest, AdapterLoad)
+Text = Annotated[str, Field(min_length=1)]
+
+
+class ClassificationRequest(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    model: str = Field(min_length=1, description="An adapter's name or NAME@VERSION, or the base's name if its "
+                                                 "checkpoint has a trained head; not a composition")
+    input: Union[Text, Annotated[list[Text], Field(min_length=1, max_length=MAX_INPUTS)]] = Field(
+        description=f"A text, or 1 to {MAX_INPUTS} texts classified together")
+    user: str | None = None
+
+
+REQUEST_MODELS = (CompletionRequest, ChatCompletionRequest, ClassificationRequest, AdapterLoad)
 
 
 # ---- responses ----------------------------------------------------------------------------------
@@ -182,6 +197,28 @@ class ChatCompletion(BaseModel):
     model: str
     choices: list[ChatChoice]
     usage: Usage
+
+
+class Classification(BaseModel):
+    object: Literal["classification"]
+    index: int
+    label: str = Field(description="The most probable label")
+    scores: dict[str, float] = Field(description="Every label's probability (softmax over the head's logits), "
+                                                 "in the head's order")
+
+
+class ClassificationUsage(BaseModel):
+    prompt_tokens: int
+    total_tokens: int
+
+
+class ClassificationList(BaseModel):
+    id: str
+    object: Literal["list"]
+    created: int
+    model: str
+    data: list[Classification]
+    usage: ClassificationUsage
 
 
 class Model(BaseModel):

@@ -7,6 +7,8 @@ With a registry, every adapter's production version is served under its name and
 polled for promotions and rollbacks (hot reload; running requests finish on their version); a
 request for "name@V" serves that exact (immutable) version, registered on first use. With a
 registry the server also takes fine-tuning jobs (loraops.finetune), and `--workers N` runs them.
+An encoder base (`build_engine`) is served for classification instead (serve/encoder.py): the
+same catalog, registry, tenancy and limits, `POST /v1/classifications`, no fine-tuning jobs.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import os
 import threading
 from collections import OrderedDict
 
-from loraops.errors import LoraOpsError
+from loraops.errors import ConfigError, LoraOpsError
 from loraops.serve.config import ServeOptions, check_options
 from loraops.serve.engine import Engine
 
@@ -107,7 +109,6 @@ class RegistryWatcher:
 
 def build(opts: ServeOptions):
     """-> (app, engine, watcher or None). Loads the base once and the command-line adapters."""
-    from loraops.models import load_base
     from loraops.serve.api import AppState, create_app
     from loraops.serve.metrics import ServeMetrics
     from loraops.serve.tenancy import Tenants
@@ -121,13 +122,8 @@ def build(opts: ServeOptions):
     if tenants is None:
         log.warning("--insecure-no-auth: every client can use every model; do not expose this server")
     metrics = ServeMetrics()
-    base = load_base(opts.base)
-    if opts.quantize == "int8":
-        from loraops.models.quantize import quantize_for_inference_
-
-        log.info("int8: quantized %d linear layers (LoRA stays fp32)",
-                 len(quantize_for_inference_(base.model, base.tokenizer)))
-    engine = Engine(base, opts.engine, metrics)
+    engine = build_engine(opts, metrics)
+    base = engine.base
     for name, path in opts.adapters.items():
         try:
             engine.add_adapter(name, path)
@@ -140,12 +136,35 @@ def build(opts: ServeOptions):
     app = create_app(AppState(engine, tenants, admin_key, metrics,
                               pin_version=watcher.pin if watcher is not None else None,
                               metrics_key=metrics_key, limits=opts.http,
-                              finetune=fine_tuning_service(opts, base, watcher) if opts.registry else None))
+                              finetune=fine_tuning_service(opts, base, watcher)
+                              if opts.registry and engine.task == "generation" else None))
     if opts.registry:
         # The gate evaluates on the served base: its directory (absolute), never its display name,
         # which for `--base DIR` is only DIR's last component.
         mount_dashboard(app, admin_key, metrics, str(base.info.path))
     return app, engine, watcher
+
+
+def build_engine(opts: ServeOptions, metrics) -> Engine:
+    """An Engine for a causal LM, or an EncoderEngine (classification) when `--base` is an encoder
+    checkpoint (models.is_encoder: config.json names a *ForSequenceClassification or *ForMaskedLM)."""
+    from loraops.models import is_encoder, load_base, load_encoder_base
+
+    if is_encoder(opts.base):
+        from loraops.serve.encoder import EncoderEngine
+
+        if opts.quantize or opts.workers:
+            raise ConfigError("--quantize and --workers are for causal-LM bases; "
+                              f"{opts.base} is an encoder, served for classification")
+        log.info("%s is an encoder: serving POST /v1/classifications", opts.base)
+        return EncoderEngine(load_encoder_base(opts.base), opts.engine, metrics)
+    base = load_base(opts.base)
+    if opts.quantize == "int8":
+        from loraops.models.quantize import quantize_for_inference_
+
+        log.info("int8: quantized %d linear layers (LoRA stays fp32)",
+                 len(quantize_for_inference_(base.model, base.tokenizer)))
+    return Engine(base, opts.engine, metrics)
 
 
 def fine_tuning_service(opts: ServeOptions, base, watcher: RegistryWatcher):

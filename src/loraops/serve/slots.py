@@ -3,6 +3,8 @@
 Per target module path:  A: [N+1, r_max, in], B: [N+1, out, r_max], scale: [N+1]
 Slot 0 is "no adapter" and stays zero. An adapter of rank r < r_max fills A[s, :r] and B[s, :, :r];
 the rest stays zero, so mixed ranks share one tensor and give exactly the adapter's product.
+`held[s]` is the rest of slot s's adapter (its metadata and, for an encoder classifier, the
+`modules_to_save` tensors, which are not low rank and stay whole: serve/saved_modules.py).
 
 Slots are reused least-recently-used first; a slot with running sequences is pinned and never
 evicted. The pool is not thread-safe by design: only the engine thread touches it (the loader
@@ -12,7 +14,7 @@ thread only reads files and validates them, see engine.py).
 from __future__ import annotations
 
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
@@ -55,6 +57,7 @@ class SlotPool:
                         for path, (o, i) in shapes.items()}
         self._resident: OrderedDict[str, int] = OrderedDict()   # key -> slot, least recently used first
         self._pins = [0] * n
+        self.held: list[Adapter | None] = [None] * n     # slot -> its adapter without the LoRA weights
         self.stats = PoolStats()
 
     @classmethod
@@ -153,6 +156,7 @@ class SlotPool:
         return True
 
     def _write(self, slot: int, adapter: Adapter | None) -> None:
+        self.held[slot] = None if adapter is None else replace(adapter, modules={})
         with torch.no_grad():
             for path, t in self.tensors.items():
                 m = adapter.modules.get(path) if adapter is not None else None

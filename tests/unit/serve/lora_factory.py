@@ -38,3 +38,39 @@ def merged_model(builder, seed: int, adapter: Adapter | None):
     if adapter is not None:
         model.load_state_dict(merge_state_dict(model.state_dict(), adapter))
     return model
+
+
+def random_classifier(model, rank: int, targets, labels: list[str] | None, seed: int, scale: float = 1.0,
+                      saves=("classifier", "bert.pooler.dense")) -> Adapter:
+    """A SEQ_CLS adapter for a (tiny) BERT: random LoRA on `targets` (weights times `scale`), and a
+    random head with len(labels) outputs (2 when labels is None: no loraops.json labels) and
+    pooler in modules_to_save."""
+    config = LoRAConfig(r=rank, alpha=2.0 * rank, target_modules=targets, modules_to_save=list(saves),
+                        task_type="SEQ_CLS")
+    adapter = random_adapter(model, rank, targets, seed)
+    for m in adapter.modules.values():
+        m.A.mul_(scale)
+        m.B.mul_(scale)
+    g = torch.Generator().manual_seed(seed + 1000)
+    hidden, k = model.config.hidden_size, len(labels) if labels else 2
+    shapes = {"classifier.weight": (k, hidden), "classifier.bias": (k,),
+              "bert.pooler.dense.weight": (hidden, hidden), "bert.pooler.dense.bias": (hidden,)}
+    saved = {key: torch.randn(*shape, generator=g) * 0.5 for key, shape in shapes.items()
+             if any(key.startswith(s + ".") for s in saves)}
+    return Adapter(config, adapter.modules, saved, {"labels": labels} if labels else {})
+
+
+SENTIMENT = ["neg", "neutral", "pos"]
+
+
+def save_classifiers(model, out_dir, meta: dict | None = None) -> dict:
+    """name -> directory of three SEQ_CLS adapters for `model` (a tiny BERT): sentiment (3 labels
+    in loraops.json, LoRA on query/value, `meta` added), spam (as PEFT would write it: no
+    loraops.json, so LABEL_0/1; other targets and rank) and overflow (finite weights that overflow
+    to inf in the forward)."""
+    sentiment = random_classifier(model, 4, ["query", "value"], SENTIMENT, seed=1)
+    sentiment.meta.update(meta or {})
+    spam = random_classifier(model, 2, ["key", "intermediate.dense"], None, seed=2)
+    overflow = random_classifier(model, 4, ["query", "value"], SENTIMENT, seed=3, scale=1e20)
+    return {name: save_adapter(a, out_dir / name) for name, a in
+            [("sentiment", sentiment), ("spam", spam), ("overflow", overflow)]}

@@ -20,7 +20,7 @@ from starlette.concurrency import run_in_threadpool
 
 from loraops.finetune.ids import is_fine_tuned
 from loraops.serve import schemas
-from loraops.serve.deps import AppState, app_state, json_body, tenant
+from loraops.serve.deps import AppState, app_state, json_body, require_task, tenant
 from loraops.serve.errors import BadRequestError, ModelNotFoundError, ServeError
 from loraops.serve.grammar import InvalidResponseFormatError, RowConstraint
 from loraops.serve.job import Job
@@ -146,6 +146,7 @@ def _count(state: AppState, model: str, tenant_name: str, e: ServeError) -> None
 async def _generate(request: Request, state: AppState, who: Tenant, body: dict, chat: bool):
     engine, label_model, lease = state.engine, "-", None
     try:
+        require_task(state, "generation")
         parse = parse_chat if chat else parse_completion
         req = parse(body, state.limits.max_prompt_chars)
         model = await resolve_model(state, who, req.model)   # parsed once: the engine gets this value
