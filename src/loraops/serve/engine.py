@@ -440,9 +440,11 @@ class Engine:
                 token = argmax[r]
             else:
                 row = logits[logit_row[r]]
-                if seq.constraint is not None:
-                    seq.constraint.mask(row)               # forbidden tokens -> -inf, in place
-                token = sample(row, seq.params, seq.generator)
+                if seq.constraint is None:
+                    token = sample(row, seq.params, seq.generator)
+                else:                                      # masked, and closes within max_tokens
+                    token = seq.constraint.choose(row, lambda x: sample(x, seq.params, seq.generator),
+                                                  seq.params.max_tokens - len(seq.output))
             self._emit(seq, token)
             if i == len(draft) or token != draft[i] or seq not in self.running:
                 return i
