@@ -315,6 +315,39 @@ def test_json_schema_response_format_gives_valid_json(env, stream):
     jsonschema.validate(json.loads(text), SCHEMA)
 
 
+@pytest.mark.parametrize("temperature", [0.0, 0.9])
+def test_a_small_max_tokens_still_gives_json_that_parses(env, temperature):
+    import jsonschema
+
+    from loraops.serve.grammar import RowConstraint, compile_grammar
+    from tiny import VOCAB, tiny_tokenizer
+
+    need = RowConstraint(compile_grammar(SCHEMA), tiny_tokenizer(), VOCAB).min_tokens   # the server's tokenizer
+    fmt = {"type": "json_schema", "json_schema": {"name": "ticket", "schema": SCHEMA}}
+    c = client(env, ACME)
+    for seed, max_tokens in enumerate([need, need + 2, need + 5]):
+        r = c.chat.completions.create(model="b", messages=[{"role": "user", "content": "Route: invoice wrong"}],
+                                      max_tokens=max_tokens, temperature=temperature, seed=seed, response_format=fmt)
+        assert r.choices[0].finish_reason == "stop" and r.usage.completion_tokens <= max_tokens
+        jsonschema.validate(json.loads(r.choices[0].message.content), SCHEMA)
+    r = c.chat.completions.create(model="b", messages=[{"role": "user", "content": "Route: invoice wrong"}],
+                                  max_tokens=2, temperature=temperature, response_format={"type": "json_object"})
+    assert r.choices[0].finish_reason == "stop" and isinstance(json.loads(r.choices[0].message.content), dict)
+
+
+def test_below_the_shortest_answer_the_response_says_length(env):
+    from loraops.serve.grammar import RowConstraint, compile_grammar
+    from tiny import VOCAB, tiny_tokenizer
+
+    need = RowConstraint(compile_grammar(SCHEMA), tiny_tokenizer(), VOCAB).min_tokens
+    r = client(env, ACME).chat.completions.create(
+        model="b", messages=[{"role": "user", "content": "Route: invoice wrong"}], max_tokens=need - 1,
+        temperature=0, response_format={"type": "json_schema", "json_schema": {"name": "t", "schema": SCHEMA}})
+    assert r.choices[0].finish_reason == "length" and r.usage.completion_tokens == need - 1
+    with pytest.raises(json.JSONDecodeError):
+        json.loads(r.choices[0].message.content)
+
+
 def test_invalid_response_format_is_a_400(env):
     r = post(env, "/v1/chat/completions", {"model": "a", "messages": [{"role": "user", "content": "x"}],
                                            "response_format": {"type": "json_schema",
