@@ -129,8 +129,7 @@ def test_seeded_sampling_is_reproducible(env):
 def test_stop_string_is_honoured(env):
     c = client(env, BETA)
     full = c.completions.create(model="tiny", prompt="Hello", max_tokens=20, temperature=0).choices[0].text
-    if len(full) < 4:
-        pytest.skip("the tiny model produced too little text to cut")
+    assert len(full) >= 4                      # deterministic: enough text to cut inside
     stop = full[2:4]
     r = c.completions.create(model="tiny", prompt="Hello", max_tokens=20, temperature=0, stop=[stop])
     assert r.choices[0].finish_reason == "stop" and r.choices[0].text == full[: full.index(stop)]
