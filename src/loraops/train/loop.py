@@ -75,8 +75,9 @@ def lr_at(step: int, cfg: TrainConfig, total_steps: int) -> float:
 
 
 def step_seed(seed: int, step: int, rank: int) -> int:
-    """Each (step, process) draws its dropout masks from its own seed: a resumed run, or another
-    process count, cannot shift the random stream."""
+    """Each (step, process) draws its dropout masks from its own seed: a resumed run cannot shift
+    the random stream. With dropout, another process count draws other masks (each process masks
+    only its own rows), so N processes match one only without dropout (docs/training.md)."""
     return int.from_bytes(hashlib.sha256(f"{seed}/{step}/{rank}".encode()).digest()[:8], "little")
 
 
@@ -161,17 +162,19 @@ class Position:
 
 
 def forward_backward(model, params: list[torch.Tensor], rows: list[PackedRow], cfg: TrainConfig, d: Dist,
-                     pad_id: int) -> tuple[float, int]:
+                     pad_id: int) -> tuple[float, list[int]]:
     """Gradient of the step's mean token loss, accumulated over this process's share of its
-    micro-batches and summed over processes. Returns (step loss, non-pad tokens), all processes."""
+    micro-batches and summed over processes. Returns (step loss, non-pad tokens each process
+    trained on), the same on every process."""
     n_loss = loss_tokens(rows)
-    totals = torch.zeros(2, dtype=torch.float64)  # loss sum, tokens
+    totals = torch.zeros(1 + d.world, dtype=torch.float64)  # loss sum, then tokens of each rank
     for batch in micro_batches(rows, cfg, d, pad_id):
         loss = lm_loss(model, batch, cfg)
         (loss / n_loss).backward()
-        totals += torch.tensor([float(loss.detach()), batch.num_tokens], dtype=torch.float64)
+        totals[0] += float(loss.detach())
+        totals[1 + d.rank] += batch.num_tokens
     distributed.all_reduce_sum_([p.grad for p in params] + [totals], d)
-    return float(totals[0]) / n_loss, int(totals[1])
+    return float(totals[0]) / n_loss, [int(t) for t in totals[1:]]
 
 
 def train(base: LoadedBase, data: Dataset, cfg: TrainConfig, d: Dist = Dist()) -> TrainResult:
@@ -208,7 +211,8 @@ def train(base: LoadedBase, data: Dataset, cfg: TrainConfig, d: Dist = Dist()) -
                 group["lr"] = lr
             torch.manual_seed(step_seed(cfg.seed, pos.step, d.rank))
             optimizer.zero_grad(set_to_none=False)
-            loss, step_tokens = forward_backward(model, list(params.values()), rows, cfg, d, pad_id)
+            loss, rank_tokens = forward_backward(model, list(params.values()), rows, cfg, d, pad_id)
+            step_tokens = sum(rank_tokens)
             max_norm = cfg.max_grad_norm if cfg.max_grad_norm > 0 else math.inf
             grad_norm = float(torch.nn.utils.clip_grad_norm_(params.values(), max_norm))
 
@@ -228,7 +232,8 @@ def train(base: LoadedBase, data: Dataset, cfg: TrainConfig, d: Dist = Dist()) -
             if pos.bad_streak == 0:
                 metrics.log({"step": pos.step, "loss": loss, "lr": lr, "grad_norm": grad_norm, "tokens": pos.tokens,
                              "loss_tokens": loss_tokens(rows), "tokens_per_s": step_tokens / dt,
-                             "elapsed": pos.elapsed, "epoch": pos.epoch})
+                             "elapsed": pos.elapsed, "epoch": pos.epoch, "world_size": d.world,
+                             "rank_tokens": rank_tokens})
                 bar.update(task, loss=f"{loss:.4f}", tps=f"{step_tokens / dt:,.0f}")
             pos.step += 1
             pos.epoch, pos.batch_index = plan.advance(pos.epoch, pos.batch_index)
