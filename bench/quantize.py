@@ -82,8 +82,8 @@ def _child(args) -> dict:
 
         quantize_for_inference_(base.model, base.tokenizer)
     work = prompts(args, base.tokenizer)
-    engine = Engine(base, EngineConfig(max_slots=1, max_rank=64, max_batch=args.batch, max_kv_tokens=65536,
-                                       max_queue=100_000, max_tokens_cap=max(m for _, m in work)))
+    # `loraops serve`'s defaults (KV cache 16384 tokens: its size is part of the RSS), a queue that takes them all
+    engine = Engine(base, EngineConfig(max_batch=args.batch, max_queue=100_000, max_tokens_cap=max(m for _, m in work)))
     model = engine.add_adapter("adapter", args.adapter).model_id if args.adapter else base.info.name
     _decode(engine, model, work[:1])                                       # warm-up
     solo_tokens, solo_s = 0, 0.0
