@@ -132,12 +132,12 @@ def build(opts: ServeOptions):
     admin_key = opts.admin_key or os.environ.get("LORAOPS_ADMIN_KEY") or None
     app = create_app(AppState(engine, tenants, admin_key, metrics,
                               pin_version=watcher.pin if watcher is not None else None))
-    if opts.registry:
-        mount_dashboard(app, admin_key, metrics, base.info.name)
+    if opts.registry:   # the gate resolves the base again: its directory works for every kind of BASE
+        mount_dashboard(app, admin_key, metrics, str(base.info.path))
     return app, engine, watcher
 
 
-def mount_dashboard(app, admin_key: str | None, metrics, base_name: str) -> None:
+def mount_dashboard(app, admin_key: str | None, metrics, base: str) -> None:
     """/ui: the registry dashboard, for the admin key (read-write) or LORAOPS_DASHBOARD_KEY (read-only).
     Without either key there is no one to sign in, so it is not mounted."""
     from loraops.evals import GateConfig, PromotionGate
@@ -150,7 +150,7 @@ def mount_dashboard(app, admin_key: str | None, metrics, base_name: str) -> None
         log.warning("dashboard not mounted: set an admin key or LORAOPS_DASHBOARD_KEY to use /ui")
         return
     keys = DashboardKeys(admin_keys=[admin_key] if admin_key else [], read_keys=[read_key] if read_key else [])
-    source = RegistrySource(Registry(), gate=PromotionGate(GateConfig(), base=base_name), stats=metrics.live)
+    source = RegistrySource(Registry(), gate=PromotionGate(GateConfig(), base=base), stats=metrics.live)
     app.include_router(dashboard_router(source, keys))
 
 
