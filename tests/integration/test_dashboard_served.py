@@ -14,11 +14,9 @@ from pathlib import Path
 import openai
 import pytest
 from browser import HAVE_CHROMIUM, chromium_page, sign_in
+from eval_reports import stored_eval
 from tiny import save_tiny, tiny_llama
 
-from loraops.evals import EvalReport, forgetting_score
-from loraops.evals.general import GeneralScores
-from loraops.evals.metrics import DomainScores
 from loraops.lora import save_adapter
 from loraops.models import fingerprint_dir
 from loraops.registry import Registry
@@ -30,16 +28,6 @@ from lora_factory import random_adapter  # noqa: E402
 pytestmark = pytest.mark.skipif(not HAVE_CHROMIUM, reason="Debian chromium is not installed")
 ADMIN, ACME = "sk-admin-0123456789", "sk-acme-0123456789"
 PROMPT = "Invoice number"
-
-
-def stored_eval(fingerprint: str, base_acc: float, acc: float, ppl_adapted: float) -> dict:
-    """An evaluation report as `loraops eval` stores it, with the given scores."""
-    comparable = {"base_fingerprint": fingerprint, "general_suite": "sha256:g", "data_digest": "sha256:d",
-                  "examples": 16, "max_new_tokens": 32}
-    general = GeneralScores(100, 10.0, ppl_adapted, 0.01, 30, 20, 1.0, 1.0, "sha256:g")
-    scores = [DomainScores(16, 0.0, 0.0, 16, a, {}, 0, 0.0, "field_accuracy") for a in (base_acc, acc)]
-    return EvalReport("x", {"name": "tiny", "fingerprint": fingerprint}, comparable, general,
-                      forgetting_score(10.0, ppl_adapted, 0.01, 1.0, 1.0), *scores).to_dict()
 
 
 @pytest.fixture(scope="module")
