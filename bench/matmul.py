@@ -20,22 +20,17 @@ from __future__ import annotations
 
 import argparse
 import platform
+import sys
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
+sys.path.insert(0, str(Path(__file__).parent))
+from kernels import best_ms  # noqa: E402
+
 SHAPES = {"q_proj": (640, 1024), "gate_proj": (640, 2048), "down_proj": (2048, 640), "lm_head": (640, 262144)}
-
-
-def best_s(f, repeat: int) -> float:
-    f()
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        f()
-        times.append(time.perf_counter() - t0)
-    return min(times)
 
 
 def main() -> None:
@@ -59,16 +54,16 @@ def main() -> None:
         linear.weight.data = torch.randn(d_out, d_in, generator=g) * 0.02
         w8a16, w8a8 = Int8Linear(linear, weight_only=True), Int8Linear(linear)
         block = HEAD_BLOCK if d_out > WIDE else None
-        scale, unit = (1e3, "ms") if name == "lm_head" else (1e6, "µs")
+        scale, unit = (1, "ms") if name == "lm_head" else (1e3, "µs")
         repeat = 3 if name == "lm_head" else 15
         with torch.no_grad():
             for t in map(int, args.tokens.split(",")):
                 x = torch.randn(t, d_in, generator=g)
-                row = [best_s(lambda: F.linear(x, linear.weight), repeat),
-                       best_s(lambda: rows_first_linear(x, linear.weight, None, block), repeat),
-                       best_s(lambda: _w8a16(w8a16, x), repeat) if t <= 64 else float("nan"),
-                       best_s(lambda: w8a8(x), repeat),
-                       best_s(lambda: F.linear(x, w8a16.dequantize_weight()), repeat)]
+                row = [best_ms(lambda: F.linear(x, linear.weight), repeat),
+                       best_ms(lambda: rows_first_linear(x, linear.weight, None, block), repeat),
+                       best_ms(lambda: _w8a16(w8a16, x), repeat) if t <= 64 else float("nan"),
+                       best_ms(lambda: w8a8(x), repeat),
+                       best_ms(lambda: F.linear(x, w8a16.dequantize_weight()), repeat)]
                 print(f"{name:>10} {t:>4} " + " ".join(f"{v * scale:>10.1f}" for v in row) + f"  {unit}", flush=True)
 
 
