@@ -19,8 +19,8 @@ from loraops.serve.engine import Engine, EngineConfig, TokenEvent
 from loraops.serve.sampling import SamplingParams
 
 pytestmark = pytest.mark.slow
-PROMPTS = ["Name a colour.", "What is an invoice?", "Say hello in French."]
-NEW = 8
+PROMPTS = ["Name a colour.", "What is an invoice?"]
+NEW = 6
 
 
 def small_adapter(model, seed: int, fingerprint: str) -> Adapter:
@@ -116,7 +116,9 @@ def test_two_training_steps_on_gemma_write_an_adapter_that_changes_the_answer(tm
     from loraops.demo.tasks import generate
 
     data = tmp_path / "data.jsonl"
-    data.write_text("".join(json.dumps(r) + "\n" for r in generate("tickets", 8)))
+    rows = [{"prompt": r["messages"][0]["content"], "completion": r["messages"][1]["content"]}
+            for r in generate("tickets", 8)]
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     result = run_cli("train", "--data", data, "--out", tmp_path / "run", "--rank", "4", "--targets", "q_proj,v_proj",
                      "--max-steps", "2", "--batch-size", "1", "--seq-len", "128", "--lr", "5e-3", "--no-progress",
                      timeout=600, env={"OMP_NUM_THREADS": "2"})

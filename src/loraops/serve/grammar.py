@@ -154,12 +154,11 @@ class RowConstraint:
         self.bitmask = llt.allocate_token_bitmask(1, n_vocab)
         self._n_vocab = n_vocab
         self._lex = (False, False)                 # _in_string state after the tokens so far
-        self._path: list[int] | None = None        # a closing path from here, once known
         self._after: dict[int, list[int]] = {}     # this step's checked tokens -> their closing paths
         self._steer: bool | None = None            # set by the first choose(): does the budget allow it?
-        first = self._closing(self.matcher.deep_copy(), self._lex, MAX_CLOSING)
-        self.min_tokens = None if first is None else len(first)   # None: no closing path found
-        self._path = first
+        # a closing path from here (None: not known, e.g. after an advance() that choose() did not give)
+        self._path: list[int] | None = self._closing(self.matcher.deep_copy(), self._lex, MAX_CLOSING)
+        self.min_tokens = None if self._path is None else len(self._path)   # None: no closing path found
 
     def mask(self, logits: torch.Tensor) -> torch.Tensor:
         """logits: [vocab] -> the same tensor with forbidden tokens at -inf (in place)."""
@@ -180,7 +179,7 @@ class RowConstraint:
         if not self._steer:
             return pick(logits)
         path = self._path if self._path is not None else self._closing(self.matcher.deep_copy(), self._lex, left)
-        if not path:                               # None: advance() took a token choose() did not give
+        if not path:                               # complete already, or no path within the budget
             return pick(logits)
         allowed = None
         for _ in range(REDRAWS):
