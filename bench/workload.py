@@ -29,7 +29,7 @@ import random
 import statistics
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 
 @dataclass(frozen=True)
@@ -188,7 +188,6 @@ class Outcome:
     tokens: int = 0
     text: str = ""
     error: str | None = None
-    token_ids: list[int] = field(default_factory=list)
 
 
 def summarise(name: str, outcomes: list[Outcome], wall: float) -> dict:
