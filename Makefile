@@ -26,15 +26,19 @@ demo: setup
 	$(VENV)/bin/loraops demo
 
 # PostgreSQL is installed (Debian package) and started on loopback for the registry tests;
-# scripts/postgres.sh prints its URL, or nothing (loudly) where it cannot be installed.
+# scripts/postgres.sh prints its URL, or nothing (loudly) where it cannot be installed. With CI=true
+# both scripts fail the run instead, and so does any test that would skip (tests/conftest.py).
+# Extra pytest arguments: make test PYTEST_ARGS="--durations=25 -x".
+PYTEST_ARGS ?=
 test: setup
 	bash scripts/system-deps.sh
-	LORAOPS_TEST_PG_URL="$$(bash scripts/postgres.sh)" \
+	url="$$(bash scripts/postgres.sh)" && \
+	LORAOPS_TEST_PG_URL="$$url" \
 	LORAOPS_MODELS="$${LORAOPS_MODELS:-$$HOME/.loraops/models}" \
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 test-fast: setup
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q -m "not slow and not install" $(PYTEST_ARGS)
 
 bench: setup
 	$(PY) bench/train.py

@@ -2,7 +2,11 @@
 
 Measures llguidance (what loraops uses) and, if installed, xgrammar, on the default base's
 tokenizer, walking a fixed JSON answer token by token (mask + advance), and one greedy decode
-step of the model with a KV cache at batch 1.
+step of the model with a KV cache at batch 1. "llguidance, budget" is what the server runs per
+constrained token (`RowConstraint.choose` with max_tokens 128: the mask plus the check that the
+JSON can still close within the tokens left). Also prints the fewest tokens each schema needs
+(`RowConstraint.min_tokens`: below it a constrained answer cannot parse), for json_object, this
+schema and the demo's invoice schema.
 
     .venv/bin/python bench/grammar.py [--base gemma-3-270m]
 """
@@ -53,7 +57,18 @@ def main() -> None:
             row.mask(logits)
             row.advance(i)
 
-    results = {"llguidance": per_token_ms(llg, ids)}
+    def llg_budget(ids, max_tokens=128):
+        row, logits = RowConstraint(grammar, tok, vocab), torch.zeros(vocab)
+        for k, i in enumerate(ids):
+            logits.zero_()
+            logits[i] = 1.0                                   # the walked answer is the model's choice
+            row.advance(row.choose(logits, lambda x: int(torch.argmax(x)), max_tokens - k))
+
+    results = {"llguidance": per_token_ms(llg, ids), "llguidance, budget": per_token_ms(llg_budget, ids)}
+    from loraops.demo.tasks import invoice_json_schema
+    minimum = {name: RowConstraint(compile_grammar(schema), tok, vocab).min_tokens
+               for name, schema in (("json_object", {"type": "object"}), ("this schema", SCHEMA),
+                                    ("demo invoice schema", invoice_json_schema()))}
     try:
         import xgrammar as xgr
 
@@ -83,7 +98,9 @@ def main() -> None:
           f"base {args.base} vocab {vocab}")
     print(f"decode step (batch 1, KV cache): {decode_ms:.1f} ms; llguidance tokenizer setup {setup_s:.1f} s (once)")
     for name, ms in results.items():
-        print(f"{name:12} {ms:.3f} ms/token = {ms / decode_ms:.2%} of a decode step")
+        print(f"{name:20} {ms:.3f} ms/token = {ms / decode_ms:.2%} of a decode step")
+    print("fewest tokens a constrained answer needs (min_tokens): "
+          + ", ".join(f"{name} {n}" for name, n in minimum.items()))
 
 
 if __name__ == "__main__":

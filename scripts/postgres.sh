@@ -4,24 +4,31 @@
 #   export LORAOPS_TEST_PG_URL="$(bash scripts/postgres.sh)"
 #
 # Idempotent: a cluster already running on the port is reused. Installs the Debian package when
-# the binaries are missing and we are root. Where PostgreSQL cannot be had, it warns loudly on
-# stderr, prints nothing and exits 0, so the PostgreSQL tests skip instead of the run failing.
-# The cluster is for tests only: loopback, trust auth, no fsync.
+# the binaries are missing and we are root. Where PostgreSQL cannot be had: in CI (CI=true) it
+# fails (exit 1) with the reason, so the run fails; elsewhere it warns loudly on stderr, prints
+# nothing and exits 0, and the PostgreSQL tests skip. The cluster is for tests only: loopback,
+# trust auth, no fsync.
 set -euo pipefail
 
 PORT="${LORAOPS_PG_PORT:-54329}"
 DATA="${LORAOPS_PG_DIR:-/tmp/loraops-pg}"
 DB=loraops_test
 URL="postgresql+psycopg://postgres@127.0.0.1:${PORT}/${DB}"
+PG_ROOT="${LORAOPS_PG_ROOT:-/usr/lib/postgresql}"   # where Debian puts the server binaries
 
 skip() {
+    if [[ "${CI:-}" == "true" ]]; then
+        printf '\n!!! scripts/postgres.sh: %s\n!!! CI=true: the PostgreSQL registry tests must run; failing.\n\n' "$1" >&2
+        exit 1
+    fi
     printf '\n!!! scripts/postgres.sh: %s\n!!! The PostgreSQL registry tests will be SKIPPED.\n\n' "$1" >&2
     exit 0
 }
+trap 'skip "a step failed unexpectedly (line $LINENO)"' ERR
 
 bindir() {  # newest server install; Debian keeps it off PATH
     local d
-    d="$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)"
+    d="$(ls -d "${PG_ROOT}"/*/bin 2>/dev/null | sort -V | tail -n 1)"
     if [[ -n "$d" && -x "$d/initdb" ]]; then echo "$d"; return; fi
     command -v initdb >/dev/null 2>&1 && dirname "$(command -v initdb)"
 }

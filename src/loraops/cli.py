@@ -543,6 +543,9 @@ def serve_cmd(
     """Serve the base and its adapters over an OpenAI-compatible HTTP API (many adapters per batch).
     With --registry it also takes fine-tuning jobs (/v1/files, /v1/fine_tuning/jobs)."""
     from loraops.errors import ConfigError
+    from loraops.extras import require
+
+    require("loraops serve", "serve", *(["registry"] if registry else []))
     from loraops.serve.config import EngineConfig, HttpLimits, ServeOptions, check_options
 
     adapters = {}
@@ -598,9 +601,19 @@ def demo_cmd(
     serve: bool = typer.Option(True, help="Keep the server and dashboard running at the end (Ctrl-C stops)."),
 ) -> None:
     """Run the whole life cycle on the default base for two synthetic tenants."""
+    from loraops.extras import require
+
+    require("loraops demo", "gemma", "data", "registry", "serve", "demo", install="all")
     from loraops.demo.run import DemoOptions, run
 
     run(DemoOptions(workdir=workdir, steps=steps, eval_examples=eval_examples, port=port, serve=serve))
+
+
+def _error(message: str) -> None:
+    """One line on stderr; the message is printed as written (rich markup would eat `[data]`)."""
+    from rich.markup import escape
+
+    console.print(f"[red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
 
 
 def main() -> None:
@@ -608,12 +621,20 @@ def main() -> None:
     try:
         app()
     except LoraOpsError as e:
-        console.print(f"[red]error:[/] {e}", highlight=False, soft_wrap=True)
+        _error(str(e))
         sys.exit(e.exit_code)
     except OSError as e:  # disk full, permission denied, ...: the user's environment, not a bug
-        console.print(f"[red]error:[/] {e.strerror or e}: {e.filename or ''}".rstrip(": "), highlight=False,
-                      soft_wrap=True)
+        _error(f"{e.strerror or e}: {e.filename or ''}".rstrip(": "))
         sys.exit(1)
+    except ModuleNotFoundError as e:  # an optional dependency: name the extra that brings it
+        from loraops.extras import missing_extra
+
+        words = [a for a in sys.argv[1:3] if not a.startswith("-")]
+        line = missing_extra(e, " ".join(["loraops", *words]))
+        if line is None:
+            raise
+        _error(line)
+        sys.exit(2)
     except KeyboardInterrupt:
         console.print("[yellow]interrupted[/]")
         sys.exit(130)

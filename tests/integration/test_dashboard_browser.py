@@ -1,6 +1,5 @@
 """The dashboard in headless Chromium (Debian's), against a real registry served over loopback."""
 
-import shutil
 import socket
 import threading
 import time
@@ -15,11 +14,11 @@ from loraops.models import fingerprint_module
 from loraops.registry import Registry
 from loraops.web import DashboardKeys, dashboard_router
 from loraops.web.registry_source import RegistrySource
+from browser import HAVE_CHROMIUM, chromium_page, sign_in
 from tiny import tiny_llama
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
-pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian chromium is not installed")
+pytestmark = pytest.mark.skipif(not HAVE_CHROMIUM, reason="Debian chromium is not installed")
 
 
 def _push_versions(registry, tmp_path):
@@ -64,20 +63,8 @@ def dashboard(tmp_path):
 
 @pytest.fixture
 def page():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
-            "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"])
-        yield browser.new_page()
-        browser.close()
-
-
-def _sign_in(page, url, key):
-    page.goto(f"{url}/ui")
-    assert page.url.endswith("/ui/login")
-    page.fill("#key", key)
-    page.click("#signin")
+    with chromium_page() as p:
+        yield p
 
 
 def test_unauthenticated_access_is_refused(dashboard, page):
@@ -85,7 +72,7 @@ def test_unauthenticated_access_is_refused(dashboard, page):
     for path in ("/ui", "/ui/adapters/acme-invoices", "/ui/serving"):
         page.goto(url + path)
         assert page.url.endswith("/ui/login"), path
-    _sign_in(page, url, "sk-wrong")
+    sign_in(page, url, "sk-wrong")
     assert "not valid" in page.inner_text("#error")
     response = page.request.post(f"{url}/ui/adapters/acme-invoices/rollback", form={"stage": "production"})
     assert response.status == 403
@@ -93,7 +80,7 @@ def test_unauthenticated_access_is_refused(dashboard, page):
 
 def test_pages_and_charts_render_real_registry_data(dashboard, page):
     url, _ = dashboard
-    _sign_in(page, url, "sk-read-test")
+    sign_in(page, url, "sk-read-test")
     assert "acme-invoices" in page.inner_text("table.adapters") and "production: v2" in page.content()
     page.click("text=acme-invoices")
     series = page.locator("svg.chart polyline.series")
@@ -107,7 +94,7 @@ def test_pages_and_charts_render_real_registry_data(dashboard, page):
 
 def test_promote_and_rollback_with_confirmation_are_audited(dashboard, page):
     url, registry = dashboard
-    _sign_in(page, url, "sk-admin-test")
+    sign_in(page, url, "sk-admin-test")
     page.goto(f"{url}/ui/adapters/acme-invoices")
     page.click("#v3 a.promote")
     assert "Promote acme-invoices@3" in page.inner_text("main")

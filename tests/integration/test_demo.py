@@ -16,7 +16,7 @@ def test_demo_runs_end_to_end_on_a_tiny_base(tmp_path, capsys):
     tiny_tokenizer().save_pretrained(base)
     workdir = tmp_path / "demo"
     run(DemoOptions(workdir=workdir, base=str(base), steps=3, batch_size=2, seq_len=256, eval_examples=4,
-                    port=0, serve=False, gate=False))  # 3 steps on a random model gain nothing to gate on
+                    port=0, serve=False))  # the gate on, as `make demo` runs it
     out = capsys.readouterr().out
     assert "Before (base) and after (tenant adapter)" in out and "demo finished" in out
     for t in TENANTS:
@@ -25,3 +25,8 @@ def test_demo_runs_end_to_end_on_a_tiny_base(tmp_path, capsys):
         production = registry.production_versions()
         assert set(production) == {t.adapter for t in TENANTS}
         assert all(registry.resolve(t.adapter).eval_results for t in TENANTS)
+        # 3 steps on a random model gain nothing: the gate refuses, and the demo overrides it on the record
+        forced = {e.target: e for e in registry.audit() if e.action == "force-promote"}
+    assert set(forced) == {f"{t.adapter}@1" for t in TENANTS}
+    assert all(e.details["gate"]["ok"] is False and e.reason for e in forced.values())
+    assert out.count("gate refused") == len(TENANTS)

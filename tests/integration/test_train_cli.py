@@ -2,6 +2,7 @@
 
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -73,26 +74,43 @@ def test_bad_options_are_one_line_errors_with_a_non_zero_exit(base, data, tmp_pa
     assert err.count("\n") == 1 and err.startswith("error:") and message in err, err
 
 
-def test_sigkilled_run_resumes_to_the_uninterrupted_loss_curve(base, data, tmp_path):
-    args = ["--base", base, "--data", data, *COMMON, "--max-steps", 40, "--save-every", 5, "--dropout", 0.1]
-    straight = train(*args, "--out", tmp_path / "straight")
-    assert straight.returncode == 0, straight.stderr
+def step_records(out: Path) -> list[dict]:
+    return [r for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
 
-    out = tmp_path / "killed"
-    proc = subprocess.Popen([PY, "-m", "loraops", "train", *map(str, args), "--out", str(out)],
-                            env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while not (out / "checkpoints").is_dir() or not any((out / "checkpoints").glob("step-*")):
-        assert proc.poll() is None and time.time() < deadline, "run ended before its first checkpoint"
-        time.sleep(0.005)
+
+def kill_after_step(args, out: Path, step: int, resume: bool) -> None:
+    """Start the run, SIGKILL it as soon as metrics.jsonl records `step` (mid-run: maybe inside the
+    next step or a checkpoint write), and check it died without an adapter."""
+    proc = subprocess.Popen([PY, "-m", "loraops", "train", *map(str, args), "--out", str(out),
+                             *(["--resume"] if resume else [])], env=env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 180
+    while not (out / "metrics.jsonl").is_file() or not any(r["step"] >= step for r in step_records(out)):
+        assert proc.poll() is None and time.time() < deadline, f"run ended before step {step}"
+        time.sleep(0.002)
     proc.send_signal(signal.SIGKILL)
     assert proc.wait() == -signal.SIGKILL
     assert not (out / "adapter").exists()
 
+
+def test_sigkilled_runs_resume_to_exactly_the_uninterrupted_run(base, data, tmp_path):
+    args = ["--base", base, "--data", data, *COMMON, "--max-steps", 40, "--save-every", 5, "--dropout", 0.1]
+    straight = train(*args, "--out", tmp_path / "straight")
+    assert straight.returncode == 0, straight.stderr
+
+    # Three kills at random points of one run (printed on failure), each followed by a resume.
+    points = sorted(random.Random(time.time_ns()).sample(range(1, 38), 3))
+    out = tmp_path / "killed"
+    for i, step in enumerate(points):
+        kill_after_step(args, out, step, resume=i > 0)
     resumed = train(*args, "--out", out, "--resume")
-    assert resumed.returncode == 0, resumed.stderr
-    assert losses(out) == pytest.approx(losses(tmp_path / "straight"), abs=1e-6)
-    assert len(losses(out)) == 40
+    assert resumed.returncode == 0, (points, resumed.stderr)
+    got, want = step_records(out), step_records(tmp_path / "straight")
+    assert [r["step"] for r in got] == list(range(40)), points
+    assert [(r["loss"], r["grad_norm"]) for r in got] == [(r["loss"], r["grad_norm"]) for r in want], points
+    a = load_file(out / "adapter" / "adapter_model.safetensors")
+    b = load_file(tmp_path / "straight" / "adapter" / "adapter_model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), points
 
 
 @pytest.fixture(scope="module")
@@ -110,6 +128,11 @@ def test_two_processes_match_one_with_the_same_global_batch(base, data, one_proc
                           *map(str, args), "--out", str(tmp_path / "two")],
                          capture_output=True, text=True, env=env(), timeout=180)
     assert two.returncode == 0, two.stderr
+    one, both = step_records(one_process), step_records(tmp_path / "two")
+    assert {r["world_size"] for r in one} == {1} and {r["world_size"] for r in both} == {2}
+    # each process really trained on its share: both ranks' tokens, summing to one process's
+    assert all(len(r["rank_tokens"]) == 2 and min(r["rank_tokens"]) > 0 for r in both)
+    assert [sum(r["rank_tokens"]) for r in both] == [r["rank_tokens"][0] for r in one]
     assert losses(tmp_path / "two") == pytest.approx(losses(one_process), abs=1e-5)
     a = load_file(one_process / "adapter" / "adapter_model.safetensors")
     b = load_file(tmp_path / "two" / "adapter" / "adapter_model.safetensors")

@@ -14,7 +14,6 @@ import hashlib
 import zlib
 
 import numpy as np
-from datasketch import MinHash, MinHashLSH
 
 from loraops.data.formats import Record
 
@@ -58,6 +57,9 @@ class NearDedup:
     record's is at least `threshold`."""
 
     def __init__(self, threshold: float = 0.85) -> None:
+        from datasketch import MinHash, MinHashLSH  # the data extra: only near-dedup needs it
+
+        self._minhash_cls = MinHash
         self.threshold = threshold
         # Weights favour recall: LSH only proposes candidates, the signature check below decides.
         self._lsh = MinHashLSH(threshold=threshold, num_perm=NUM_PERM, weights=(0.1, 0.9))
@@ -67,8 +69,8 @@ class NearDedup:
         self._permutations = MinHash(num_perm=NUM_PERM, seed=1, hashfunc=zlib.crc32).permutations
         self._signatures: dict[int, np.ndarray] = {}
 
-    def _minhash(self, record: Record) -> MinHash:
-        m = MinHash(num_perm=NUM_PERM, hashfunc=zlib.crc32, permutations=self._permutations,
+    def _minhash(self, record: Record):
+        m = self._minhash_cls(num_perm=NUM_PERM, hashfunc=zlib.crc32, permutations=self._permutations,
                     scheme="affine32")
         m.update_batch(list(shingles("\n".join(record.texts()))))
         return m

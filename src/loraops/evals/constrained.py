@@ -41,16 +41,19 @@ def schema_digest(schema: dict) -> str:
 class SchemaLogits:
     """A transformers LogitsProcessor holding one grammar state per row of one generate() batch.
 
-    Each call first advances every live row with the token it just drew, then masks its next-token
-    logits. A row whose JSON is complete may only draw `end` (generate then pads it); a row that drew
-    a stop token is left alone, since generate keeps feeding it pad tokens the grammar would reject."""
+    Each call first advances every live row with the token it just drew, then picks its next token
+    as the server does for a greedy row (`RowConstraint.choose`: the argmax among the tokens that
+    leave room to close the JSON within `max_new_tokens`) and leaves only that one allowed. A row
+    whose JSON is complete may only draw `end` (generate then pads it); a row that drew a stop token
+    is left alone, since generate keeps feeding it pad tokens the grammar would reject."""
 
     def __init__(self, grammar: Any, tokenizer: Any, n_vocab: int, rows: int, prompt_width: int,
-                 stops: Sequence[int]):
+                 stops: Sequence[int], max_new_tokens: int):
         from loraops.serve.grammar import RowConstraint
 
         self.rows = [RowConstraint(grammar, tokenizer, n_vocab) for _ in range(rows)]
         self.prompt_width = prompt_width
+        self.max_new_tokens = max_new_tokens
         self.stops = set(stops)
         self.end = tokenizer.eos_token_id if tokenizer.eos_token_id in self.stops else min(self.stops)
         self.finished = [False] * rows
@@ -65,10 +68,13 @@ class SchemaLogits:
                     self.finished[i] = True
                 else:
                     self.rows[i].advance(token)
+        left = self.max_new_tokens - (input_ids.shape[1] - self.prompt_width)
         for i, row in enumerate(self.rows):
-            if self.finished[i] or row.done:
-                scores[i].fill_(float("-inf"))
-                scores[i, self.end] = 0.0
-            else:
-                row.mask(scores[i])
+            token = self.end if self.finished[i] or row.done else row.choose(scores[i], _argmax, left)
+            scores[i].fill_(float("-inf"))
+            scores[i, token] = 0.0
         return scores
+
+
+def _argmax(logits: torch.Tensor) -> int:
+    return int(torch.argmax(logits))

@@ -56,8 +56,8 @@ def generate(model: nn.Module, tokenizer: Any, prompts: Sequence[str], max_new_t
     """Greedy completions of `prompts`, in order. Prompts are batched by length (fewer pads, and the
     batching does not depend on the order they came in); a prompt longer than `max_prompt_tokens`
     keeps its last tokens after BOS, as the trainer truncates. With `grammar` (a compiled JSON schema,
-    `constrained.compile_schema`) every row is decoded under it: its JSON may only be cut short by
-    `max_new_tokens`."""
+    `constrained.compile_schema`) every row is decoded under it, closing its JSON within
+    `max_new_tokens` whenever the schema's shortest answer fits (`serve.grammar.RowConstraint`)."""
     from transformers import GenerationConfig, LogitsProcessorList
 
     from loraops.evals.constrained import SchemaLogits
@@ -80,7 +80,7 @@ def generate(model: nn.Module, tokenizer: Any, prompts: Sequence[str], max_new_t
         if grammar is not None:
             # one fresh grammar state per row of this batch; logits are [rows, config.vocab_size]
             processors.append(SchemaLogits(grammar, tokenizer, model.config.vocab_size, len(idx), ids.shape[1],
-                                           stops))
+                                           stops, max_new_tokens))
         out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=config,
                              logits_processor=processors)
         for row, i in zip(out[:, ids.shape[1]:].tolist(), idx):  # new tokens only

