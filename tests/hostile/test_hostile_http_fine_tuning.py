@@ -270,7 +270,6 @@ def test_a_fine_tuned_model_id_that_names_nothing_is_404_everywhere(env, model):
                                 "model_not_found", "model")
         if "\x00" not in model and "\n" not in model:
             assert_openai_error(get(env, f"/v1/models/{model}", TUNER), 404, "model_not_found", "model")
-    assert_healthy(env)
 
 
 def test_a_fine_tuned_model_id_is_no_part_of_a_composition(env):
@@ -369,7 +368,10 @@ def test_a_hostile_job_body_is_one_clean_400_and_creates_nothing(env, owned, cas
     with bystander(env):
         assert_openai_error(post(env, "/v1/fine_tuning/jobs", raw=raw, key=TUNER), 400, "invalid_value"
                             if param not in ("model",) else None, param)
-    assert job_ids(env) == before
+    assert job_ids(env) == before      # (the server's health: after the whole group, below)
+
+
+def test_the_server_is_healthy_after_the_hostile_job_bodies_and_model_ids(env):
     assert_healthy(env)
 
 
@@ -397,4 +399,19 @@ def test_cancelling_a_finished_job_is_a_400_that_changes_nothing(env, owned):
     assert get(env, path, TUNER).json() == cancelled
     events = get(env, path + "/events", TUNER).json()["data"]
     assert [e["message"] for e in events] == ["Job cancelled", f"Created fine-tuning job: {job['id']}"]
+    assert_healthy(env)
+
+
+def test_a_file_whose_bytes_rotted_on_disk_is_a_clear_500_for_its_owner_only(env, owned):
+    data = b'{"text": "these bytes will rot on the server"}\n'
+    f = upload(env, data).json()
+    digest = hashlib.sha256(data).hexdigest()
+    blob = env["home"] / "files" / "sha256" / digest[:2] / digest[2:]
+    blob.write_bytes(b'{"text": "these bytes were changed behind our back"}\n')
+    with bystander(env):
+        err = assert_openai_error(get(env, f"/v1/files/{f['id']}/content", TUNER), 500, "file_corrupt")
+    assert "sha256" in err["message"] and str(blob) not in err["message"]   # no server paths to the client
+    assert get(env, f"/v1/files/{owned['file']}/content", TUNER).content == GOOD
+    assert request(env, "DELETE", f"/v1/files/{f['id']}").json()["deleted"] is True
+    assert not blob.exists()
     assert_healthy(env)

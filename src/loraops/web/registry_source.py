@@ -7,6 +7,7 @@ import time
 from typing import Callable
 
 from loraops.errors import InvalidNameError, NotFoundError
+from loraops.finetune.ids import is_object_id
 from loraops.registry import Registry
 from loraops.web.source import AdapterView, JobView, VersionView
 
@@ -72,7 +73,8 @@ class RegistrySource:
         return [_job_view(j) for j in self.store.list_jobs(None, None, MAX_JOBS).items]
 
     def job(self, job_id: str) -> JobView | None:
-        job = self.store.job(None, job_id) if self.store is not None else None
+        # An id of the wrong shape names no job (and never reaches the database: PostgreSQL refuses NUL).
+        job = self.store.job(None, job_id) if self.store is not None and is_object_id(job_id, "ftjob") else None
         if job is None:
             return None
         view = _job_view(job)
