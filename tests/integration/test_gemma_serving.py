@@ -65,7 +65,7 @@ def jobs():
 @pytest.fixture(scope="module")
 def fp32_engine(adapters):
     engine = Engine(load_base(DEFAULT_BASE), EngineConfig(max_slots=3, max_rank=8))   # screened head: default
-    assert engine.head is not None
+    assert engine.runner.head.screen is not None
     for name, path in adapters.items():
         engine.add_adapter(name, path)
     return engine

@@ -2,7 +2,8 @@
 
 ids.py (object ids, ft model ids and how they name registry versions), spec.py (the job request),
 uploads.py (checking a training file), store.py (the tables, the job queue and its leases),
-objects.py (OpenAI's JSON shapes), service.py and routes.py (the HTTP side), pipeline.py (one job:
+objects.py (OpenAI's JSON shapes), service.py and routes.py (the HTTP side), schemas.py (their
+OpenAPI models), pipeline.py (one job:
 curate, train, register, evaluate, gate), worker.py (`loraops worker`, `serve --workers N`).
 docs/fine-tuning-api.md is the user's guide.
 """

@@ -23,6 +23,12 @@ class FileTooLargeError(ServeError):
     status, code = 413, "file_too_large"
 
 
+class FileCorruptError(ServeError):
+    """A stored file whose bytes no longer match their digest: the server's fault, said plainly."""
+
+    status, code, kind = 500, "file_corrupt", "server_error"
+
+
 class QuotaExceededError(ServeError):
     """A tenant's fine-tuning quota (tenants file `fine_tuning`) would be exceeded."""
 

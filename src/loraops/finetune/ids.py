@@ -31,14 +31,31 @@ MODEL_PREFIX = "ft:"
 DEFAULT_SUFFIX = "ft"
 SUFFIX_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 _ALPHABET = string.ascii_letters + string.digits
+_OBJECT_ID = re.compile(r"(file|ftjob|ftevent|ftckpt)-[A-Za-z0-9]{24}")
+# What model_id / checkpoint_model_id can produce: base and tenant names are free text, but never
+# control characters (PostgreSQL refuses NUL in text) or lone surrogates (not encodable).
+_MODEL_ID = re.compile(r"ft:[^\x00-\x1f\x7f\ud800-\udfff]{1,400}:ftjob-[A-Za-z0-9]{24}(?::ckpt-step-[0-9]{1,9})?")
 
 
 def new_id(prefix: str) -> str:
     return f"{prefix}-{''.join(secrets.choice(_ALPHABET) for _ in range(24))}"
 
 
+def is_object_id(text: object, prefix: str) -> bool:
+    """`text` has the shape of a `prefix` id (new_id): what the routes check before any lookup, so
+    that no client string reaches the database as an id."""
+    m = _OBJECT_ID.fullmatch(text) if isinstance(text, str) else None
+    return m is not None and m.group(1) == prefix
+
+
 def is_fine_tuned(model: str) -> bool:
+    """`model` is meant as a fine-tuned model id (it starts with "ft:"), well formed or not."""
     return isinstance(model, str) and model.startswith(MODEL_PREFIX)
+
+
+def is_model_id(model: str) -> bool:
+    """`model` has the shape of a job's or checkpoint's model id (it may still name nothing)."""
+    return isinstance(model, str) and _MODEL_ID.fullmatch(model) is not None
 
 
 def model_id(base: str, tenant: str, suffix: str | None, job_id: str) -> str:

@@ -4,10 +4,19 @@ go in one `loraops` object, which the client keeps as an extra field."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from loraops.finetune.store import CheckpointRecord, EventRecord, FileRecord, JobRecord, Page
+    from loraops.finetune.store import CheckpointRecord, EventRecord, FileRecord, JobRecord
+
+
+@dataclass(frozen=True)
+class Page:
+    """One page of a list, as the store reads it: at most `limit` items, and whether more follow."""
+
+    items: list
+    has_more: bool
 
 
 def file_object(f: FileRecord) -> dict:

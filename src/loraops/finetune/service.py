@@ -12,7 +12,8 @@ from typing import Any, Callable
 
 from loraops.errors import InvalidNameError, NotFoundError
 from loraops.finetune.errors import ObjectNotFoundError, TooManyTokensError
-from loraops.finetune.ids import TRAINING_FILE, engine_model_id, is_fine_tuned, registry_name
+from loraops.finetune.ids import (TRAINING_FILE, engine_model_id, is_fine_tuned, is_model_id, is_object_id,
+                                 registry_name)
 from loraops.finetune.spec import JobRequest
 from loraops.finetune.store import FileRecord, FineTuneStore, JobRecord
 from loraops.finetune.uploads import check_training_file
@@ -24,6 +25,14 @@ from loraops.serve.tenancy import Tenant
 
 class ModelNotAvailableError(BadRequestError):
     code = "model_not_available"
+
+
+def job_not_found(job_id: str) -> ObjectNotFoundError:
+    return ObjectNotFoundError(f"no fine-tuning job {job_id[:64]!r}", param="fine_tuning_job_id")
+
+
+def file_not_found(file_id: str) -> ObjectNotFoundError:
+    return ObjectNotFoundError(f"No such File object: {file_id[:64]!r}", param="file_id")
 
 
 @dataclass
@@ -48,9 +57,9 @@ class FineTuning:
     def training_file(self, tenant: Tenant, file_id: str | None, param: str) -> FileRecord | None:
         if file_id is None:
             return None
-        f = self.store.file(tenant.name, file_id)
+        f = self.store.file(tenant.name, file_id) if is_object_id(file_id, "file") else None
         if f is None or f.purpose != TRAINING_FILE:  # another tenant's file reads exactly like a missing one
-            raise BadRequestError(f"invalid {param}: {file_id} is not one of your files with purpose "
+            raise BadRequestError(f"invalid {param}: {file_id[:64]!r} is not one of your files with purpose "
                                   f"'{TRAINING_FILE}'", param=param)
         return f
 
@@ -91,7 +100,7 @@ class FineTuning:
                 raise refused
             return None
         if is_fine_tuned(model):
-            hit = self.store.model_version(tenant.name, model)
+            hit = self.store.model_version(tenant.name, model) if is_model_id(model) else None
             if hit is None:
                 raise refused
             return engine_model_id(*hit)
@@ -124,10 +133,30 @@ class FineTuning:
         return name
 
     def job(self, tenant: Tenant, job_id: str) -> JobRecord:
-        job = self.store.job(tenant.name, job_id)
+        """The tenant's job; 404 for another tenant's, exactly as for an unknown id."""
+        job = self.store.job(tenant.name, job_id) if is_object_id(job_id, "ftjob") else None
         if job is None:
-            raise ObjectNotFoundError(f"no fine-tuning job {job_id!r}", param="fine_tuning_job_id")
+            raise job_not_found(job_id)
         return job
+
+    def cancel(self, tenant: Tenant, job_id: str) -> JobRecord:
+        """Cancel the tenant's unfinished job (400 if it has finished; 404 as `job`)."""
+        job = self.store.cancel(tenant.name, job_id) if is_object_id(job_id, "ftjob") else None
+        if job is None:
+            raise job_not_found(job_id)
+        return job
+
+    def file(self, tenant: Tenant, file_id: str) -> FileRecord:
+        """The tenant's file; 404 for another tenant's, exactly as for an unknown id."""
+        f = self.store.file(tenant.name, file_id) if is_object_id(file_id, "file") else None
+        if f is None:
+            raise file_not_found(file_id)
+        return f
+
+    def delete_file(self, tenant: Tenant, file_id: str) -> None:
+        """Delete the tenant's file (400 while an unfinished job uses it; 404 as `file`)."""
+        if not (is_object_id(file_id, "file") and self.store.delete_file(tenant.name, file_id)):
+            raise file_not_found(file_id)
 
     # ---- fine-tuned models --------------------------------------------------------------------
 
@@ -135,9 +164,9 @@ class FineTuning:
         """The engine's id for `tenant`'s fine-tuned model or checkpoint `model`, registered in the
         engine on first use. Blocking (a lookup, maybe a registry fetch). Raises ModelNotFoundError
         for anything else, exactly as for an unknown model."""
-        hit = self.store.model_version(tenant.name, model)
+        hit = self.store.model_version(tenant.name, model) if is_model_id(model) else None
         if hit is None or not self.pin(engine_model_id(*hit)):
-            raise ModelNotFoundError(f"the model {model!r} does not exist", param="model")
+            raise ModelNotFoundError(f"the model {model[:200]!r} does not exist", param="model")
         return engine_model_id(*hit)
 
     def models(self, tenant: Tenant) -> list[str]:

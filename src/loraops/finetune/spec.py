@@ -12,6 +12,7 @@ always reports what it trains with. The learning rate is BASE_LR × learning_rat
 
 from __future__ import annotations
 
+import math
 import secrets
 from dataclasses import asdict, dataclass, field
 
@@ -20,6 +21,10 @@ from loraops.serve.errors import BadRequestError
 
 BASE_LR = 2e-4
 AUTO = {"n_epochs": 3, "batch_size": 8, "learning_rate_multiplier": 1.0}
+# Bounds, inclusive. The multiplier's lower one keeps the rate a normal float32 (a subnormal 1e-320
+# would be "in range" and train with a rate of 0).
+LIMITS = {"n_epochs": (1, 50), "batch_size": (1, 256), "learning_rate_multiplier": (1e-6, 1000.0)}
+MAX_ALPHA = 10_000.0
 FIELDS = {"model", "training_file", "validation_file", "hyperparameters", "method", "suffix", "seed", "metadata",
           "integrations", "loraops"}
 MAX_SEED = 2**31 - 1
@@ -56,9 +61,20 @@ class JobRequest:
         return asdict(self.options)
 
 
+def _shown(value) -> str:
+    """`value` for an error message: short, whatever the client sent (a 4,000-digit integer, a list)."""
+    text = repr(value)
+    return text if len(text) <= 40 else f"{text[:40]}…"
+
+
+def _number(value) -> bool:
+    """A finite JSON number (JSON has no NaN, but 1e309 parses as infinity)."""
+    return not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
+
+
 def _int(value, param: str, lo: int, hi: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
-        raise BadRequestError(f"{param} must be an integer from {lo} to {hi}, got {value!r}", param=param)
+        raise BadRequestError(f"{param} must be an integer from {lo} to {hi}, got {_shown(value)}", param=param)
     return value
 
 
@@ -73,19 +89,17 @@ def _hyperparameters(raw, param: str) -> dict:
         raw = {}
     if not isinstance(raw, dict):
         raise BadRequestError(f"{param} must be an object", param=param)
-    unknown = sorted(set(raw) - set(AUTO))
-    if unknown:
-        raise BadRequestError(f"unknown hyperparameter {unknown[0]!r}: use n_epochs, batch_size, "
-                              f"learning_rate_multiplier", param=f"{param}.{unknown[0]}")
+    _known(raw, set(AUTO), param)
     out = dict(AUTO)
     for name in ("n_epochs", "batch_size"):
         if raw.get(name, "auto") != "auto":
-            out[name] = _int(raw[name], f"{param}.{name}", 1, 50 if name == "n_epochs" else 256)
+            out[name] = _int(raw[name], f"{param}.{name}", *LIMITS[name])
     lrm = raw.get("learning_rate_multiplier", "auto")
     if lrm != "auto":
-        if isinstance(lrm, bool) or not isinstance(lrm, (int, float)) or not 0 < lrm <= 1000:
-            raise BadRequestError(f"{param}.learning_rate_multiplier must be a number in (0, 1000], got {lrm!r}",
-                                  param=f"{param}.learning_rate_multiplier")
+        lo, hi = LIMITS["learning_rate_multiplier"]
+        if not _number(lrm) or not lo <= lrm <= hi:
+            raise BadRequestError(f"{param}.learning_rate_multiplier must be 'auto' or a number from {lo:g} to "
+                                  f"{hi:g}, got {_shown(lrm)}", param=f"{param}.learning_rate_multiplier")
         out["learning_rate_multiplier"] = float(lrm)
     return out
 
@@ -97,13 +111,29 @@ def _method_hyperparameters(body: dict) -> dict:
     if body.get("hyperparameters") is not None:
         raise BadRequestError("pass hyperparameters either in method.supervised or at the top level, not both",
                               param="hyperparameters")
-    if not isinstance(method, dict) or method.get("type") != "supervised":
-        kind = method.get("type") if isinstance(method, dict) else method
-        raise BadRequestError(f"method.type {kind!r} is not supported: only 'supervised'", param="method.type")
-    supervised = method.get("supervised") or {}
+    if not isinstance(method, dict):
+        raise BadRequestError("method must be an object", param="method")
+    _known(method, {"type", "supervised"}, "method")
+    if method.get("type") != "supervised":
+        raise BadRequestError(f"method.type {_shown(method.get('type'))} is not supported: only 'supervised'",
+                              param="method.type")
+    supervised = method.get("supervised")
+    if supervised is None:
+        supervised = {}
     if not isinstance(supervised, dict):
         raise BadRequestError("method.supervised must be an object", param="method.supervised")
+    _known(supervised, {"hyperparameters"}, "method.supervised")
     return _hyperparameters(supervised.get("hyperparameters"), "method.supervised.hyperparameters")
+
+
+def _known(obj: dict, names: set[str], param: str | None = None) -> None:
+    """Refuse a field of `obj` (at `param`; None: the body) that is not one of `names`."""
+    unknown = sorted(set(obj) - names)
+    if unknown:
+        name = unknown[0][:64]
+        where = f" in {param}" if param else ""
+        raise BadRequestError(f"unrecognized request argument {name!r}{where}: use {', '.join(sorted(names))}",
+                              param=f"{param}.{name}" if param else name)
 
 
 def _metadata(raw) -> dict[str, str] | None:
@@ -123,13 +153,12 @@ def _options(raw) -> Options:
         return Options()
     if not isinstance(raw, dict):
         raise BadRequestError("loraops must be an object", param="loraops")
-    unknown = sorted(set(raw) - set(Options.__dataclass_fields__))
-    if unknown:
-        raise BadRequestError(f"unknown loraops option {unknown[0]!r}", param=f"loraops.{unknown[0]}")
+    _known(raw, set(Options.__dataclass_fields__), "loraops")
     d = Options()
     alpha = raw.get("alpha")
-    if alpha is not None and (isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or alpha <= 0):
-        raise BadRequestError(f"loraops.alpha must be a positive number, got {alpha!r}", param="loraops.alpha")
+    if alpha is not None and (not _number(alpha) or not 0 < alpha <= MAX_ALPHA):
+        raise BadRequestError(f"loraops.alpha must be a number above 0 and at most {MAX_ALPHA:g}, got "
+                              f"{_shown(alpha)}", param="loraops.alpha")
     auto_promote = raw.get("auto_promote", d.auto_promote)
     if not isinstance(auto_promote, bool):
         raise BadRequestError("loraops.auto_promote must be true or false", param="loraops.auto_promote")
@@ -143,10 +172,8 @@ def _options(raw) -> Options:
 
 
 def parse_job_request(body: dict) -> JobRequest:
-    unknown = sorted(set(body) - FIELDS)
-    if unknown:
-        raise BadRequestError(f"unrecognized request argument {unknown[0]!r}", param=unknown[0])
-    if body.get("integrations"):
+    _known(body, FIELDS)
+    if body.get("integrations") not in (None, []):
         raise BadRequestError("integrations are not supported by this server", param="integrations")
     suffix = body.get("suffix")
     if suffix is not None and (not isinstance(suffix, str) or not SUFFIX_RE.fullmatch(suffix)):

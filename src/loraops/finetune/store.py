@@ -12,7 +12,8 @@ lease (`lease_owner`, `lease_expires_at`) that the worker renews while it works,
 new `attempts` as the claim's token: every write a worker makes checks the token, so a worker
 whose lease expired and whose job another worker took (or that was cancelled) can no longer
 change it (LeaseLostError). A running job whose lease expired is claimable again: it resumes
-from its last checkpoint. Claiming is one transaction: PostgreSQL locks the chosen row with
+from its last checkpoint (and a file check whose lease expired is started again); no job is
+claimed while its lease is live. Claiming is one transaction: PostgreSQL locks the chosen row with
 `FOR UPDATE SKIP LOCKED`, so concurrent workers take different jobs without waiting; SQLite
 serialises writers with `BEGIN IMMEDIATE` (registry/db.py), and the UPDATE is conditional on the
 row still being as read, on both.
@@ -38,6 +39,7 @@ from sqlalchemy.orm import Session
 from loraops import paths
 from loraops.finetune.errors import LeaseLostError, QuotaExceededError
 from loraops.finetune.ids import TRAINING_FILE, new_id
+from loraops.finetune.objects import Page
 from loraops.registry.blobs import BlobStore, file_digest
 from loraops.registry.db import default_url, dialect_insert, open_database, reader, transaction
 from loraops.registry.models import CheckpointRow, EventRow, FileRow, JobRow
@@ -129,12 +131,6 @@ class NewEvent:
 class Claim:
     job: JobRecord   # as it was claimed: status "validating_files" (check its files) or "running"
     token: int
-
-
-@dataclass(frozen=True)
-class Page:
-    items: list
-    has_more: bool
 
 
 def _record(cls, row):
@@ -257,7 +253,7 @@ class FineTuneStore:
             if row is None:
                 return None
             if row.status in TERMINAL:
-                raise BadRequestError(f"fine-tuning job {job_id} has already {row.status}; it cannot be cancelled",
+                raise BadRequestError(f"fine-tuning job {job_id} has finished ({row.status}); it cannot be cancelled",
                                       param="fine_tuning_job_id")
             row.status, row.finished_at, row.lease_owner, row.lease_expires_at = "cancelled", _now(), None, None
             self._events(s, job_id, [NewEvent("Job cancelled", key="cancelled")])
@@ -302,8 +298,10 @@ class FineTuneStore:
         """Take the next job in fair order (module docstring) with a lease of `lease_s` seconds."""
         now = time.time()
         with self._write() as s:
-            claimable = or_(JobRow.status.in_(["validating_files", "queued"]),
-                            and_(JobRow.status == "running", JobRow.lease_expires_at < now))
+            # A job in the hands of a worker (a file check, a run) is claimable once its lease expired;
+            # a queued job has none.
+            unleased = or_(JobRow.lease_expires_at.is_(None), JobRow.lease_expires_at < now)
+            claimable = and_(JobRow.status.in_(["validating_files", "queued", "running"]), unleased)
             candidates = s.execute(select(JobRow.id, JobRow.tenant, JobRow.status, JobRow.seq, JobRow.attempts)
                                    .where(claimable)).all()
             if not candidates:

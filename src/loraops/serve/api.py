@@ -20,6 +20,7 @@ from loraops.serve import schemas
 from loraops.serve.deps import AppState, error_response
 from loraops.serve.errors import ServeError
 from loraops.finetune import routes as fine_tuning
+from loraops.finetune import schemas as fine_tuning_schemas
 from loraops.serve.routes import admin, classify, ops, openai
 
 log = logging.getLogger("loraops.serve")
@@ -68,7 +69,8 @@ def _openapi(app: FastAPI) -> dict:
                 op["responses"].pop("422", None)
         for name in ("HTTPValidationError", "ValidationError"):
             components.get("schemas", {}).pop(name, None)
-        components.setdefault("schemas", {}).update(schemas.components())
+        components.setdefault("schemas", {}).update(schemas.components((*schemas.REQUEST_MODELS,
+                                                                        *fine_tuning_schemas.REQUEST_MODELS)))
         components["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
         doc["security"] = [{"bearer": []}]
         for path in ("/health", "/ready"):

@@ -268,10 +268,11 @@ class AdapterDeleted(BaseModel):
     deleted: Literal[True]
 
 
-def request_body(model: type[BaseModel]) -> dict:
-    """`openapi_extra` documenting `model` as the JSON request body (validated by hand, not by FastAPI)."""
+def request_body(model: type[BaseModel], media: str = "application/json") -> dict:
+    """`openapi_extra` documenting `model` as the request body (validated by hand, not by FastAPI);
+    `model` must be one of the models given to `components`."""
     return {"requestBody": {"required": True, "content": {
-        "application/json": {"schema": {"$ref": f"#/components/schemas/{model.__name__}"}}}}}
+        media: {"schema": {"$ref": f"#/components/schemas/{model.__name__}"}}}}}
 
 
 def sse(model: type[BaseModel], description: str) -> dict:
@@ -280,10 +281,10 @@ def sse(model: type[BaseModel], description: str) -> dict:
             "content": {"text/event-stream": {"schema": {"type": "string"}}}}
 
 
-def components() -> dict[str, dict]:
-    """JSON schemas of the request models (and the models they use), for components/schemas."""
+def components(models: tuple[type[BaseModel], ...] = REQUEST_MODELS) -> dict[str, dict]:
+    """JSON schemas of request models (and the models they use), for components/schemas."""
     out: dict[str, dict] = {}
-    for model in REQUEST_MODELS:
+    for model in models:
         schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
         out.update(schema.pop("$defs", {}))
         out[model.__name__] = schema

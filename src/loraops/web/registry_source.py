@@ -7,6 +7,7 @@ import time
 from typing import Callable
 
 from loraops.errors import InvalidNameError, NotFoundError
+from loraops.finetune.ids import is_object_id
 from loraops.registry import Registry
 from loraops.web.source import AdapterView, JobView, VersionView
 
@@ -72,7 +73,8 @@ class RegistrySource:
         return [_job_view(j) for j in self.store.list_jobs(None, None, MAX_JOBS).items]
 
     def job(self, job_id: str) -> JobView | None:
-        job = self.store.job(None, job_id) if self.store is not None else None
+        # An id of the wrong shape names no job (and never reaches the database: PostgreSQL refuses NUL).
+        job = self.store.job(None, job_id) if self.store is not None and is_object_id(job_id, "ftjob") else None
         if job is None:
             return None
         view = _job_view(job)
@@ -80,11 +82,18 @@ class RegistrySource:
         view.loss_curve = [(e.data["step"], e.data["train_loss"]) for e in events if e.data and "train_loss" in e.data]
         view.val_loss_curve = [(e.data["step"], e.data["valid_loss"]) for e in events
                                if e.data and "valid_loss" in e.data]
-        # Every phase's event, but of the per-step losses only the newest: the curve shows the rest.
-        losses = [e for e in events if e.type == "metrics"]
-        shown = [e for e in events if e.type != "metrics" or e is losses[-1]]
+        # Every phase's event, but of the per-step metrics only the newest of each series (training
+        # loss, validation loss, skipped steps): the curves show the rest.
+        newest = {_series(e): e for e in events if e.type == "metrics"}
+        shown = [e for e in events if e.type != "metrics" or newest[_series(e)] is e]
         view.events = [(_when(e.created_at), e.level, e.message) for e in reversed(shown[-MAX_EVENTS:])]
         return view
+
+
+def _series(event) -> str:
+    """A metrics event's series: training loss, validation loss or anything else (skipped steps)."""
+    data = event.data or {}
+    return "train" if "train_loss" in data else "valid" if "valid_loss" in data else "other"
 
 
 def _when(unix: int | None) -> str:

@@ -62,6 +62,20 @@ def test_an_expired_lease_is_taken_over_and_the_old_claim_can_no_longer_write(st
     assert store.heartbeat(job_id, second.token, 60)
 
 
+def test_a_job_whose_files_are_being_checked_is_not_claimed_twice(store):
+    job_id = new_job(store, "a").id
+    first = store.claim("w1", 0.3)
+    assert first.job.status == "validating_files"
+    assert store.claim("w2", 60) is None                    # its check is under way
+    time.sleep(0.4)
+    second = store.claim("w2", 60)                          # the checker stopped: taken over
+    assert second.job.id == job_id and second.job.status == "validating_files"
+    with pytest.raises(LeaseLostError):
+        store.mark_queued(job_id, first.token)
+    store.mark_queued(job_id, second.token)
+    assert store.job("a", job_id).status == "queued"
+
+
 def test_a_released_job_is_resumed_at_once(store):
     (job_id,) = queue(store, "a")
     c = store.claim("w1", 600)
@@ -87,7 +101,7 @@ def test_cancel_stops_the_claim_and_only_the_owner_can_cancel(store):
     assert not store.heartbeat(job_id, c.token, 60)
     with pytest.raises(LeaseLostError):
         store.finish(job_id, c.token, "succeeded")
-    with pytest.raises(BadRequestError, match="already cancelled"):
+    with pytest.raises(BadRequestError, match=r"has finished \(cancelled\)"):
         store.cancel("a", job_id)
 
 

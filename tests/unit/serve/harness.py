@@ -39,8 +39,9 @@ class Server:
             except httpx.HTTPError:
                 pass
             time.sleep(0.2)
+        log = self.log()
         self.stop()
-        raise RuntimeError(f"server not ready after {timeout}s:\n{self.log()}")
+        raise RuntimeError(f"server not ready after {timeout}s:\n{log}")
 
     def log(self) -> str:
         self._log.flush()
