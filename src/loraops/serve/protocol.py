@@ -49,6 +49,12 @@ UNSUPPORTED_CHAT: dict[str, tuple] = {
     **UNSUPPORTED,
     "best_of": (1,),               # completions only (as at OpenAI)
     "echo": (False,),
+    "modalities": (["text"],),     # text models
+    "audio": (),                   # () : only null is accepted
+    "web_search_options": (),
+    "moderation": (),
+    "verbosity": (),               # steering hints of OpenAI's reasoning models: not honoured, so refused
+    "reasoning_effort": (),
 }
 
 
@@ -151,9 +157,9 @@ def _refuse_unsupported(body: dict, table: dict[str, tuple]) -> None:
     for name, neutral in table.items():
         v = body.get(name)
         if v is not None and not any(v == n and isinstance(v, bool) == isinstance(n, bool) for n in neutral):
-            allowed = " or ".join(json.dumps(n) for n in neutral)
+            allowed = "".join(json.dumps(n) + " or " for n in neutral)
             raise BadRequestError(f"{name}={_show(v)} is not supported by this server on this route (only "
-                                  f"{allowed} or null)", param=name)
+                                  f"{allowed}null)", param=name)
 
 
 def _bool(body: dict, name: str, default: bool = False) -> bool:
