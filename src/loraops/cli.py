@@ -520,6 +520,8 @@ def serve_cmd(
     max_kv_tokens: int = typer.Option(16384, "--max-kv-tokens", help="KV-cache budget in tokens."),
     max_queue: int = typer.Option(64, "--max-queue", help="Waiting requests before 503."),
     max_tokens_cap: int = typer.Option(1024, "--max-tokens-cap", help="Largest max_tokens a request may ask."),
+    max_choices: int = typer.Option(8, "--max-choices", help="Largest n / best_of a request may ask (each choice "
+                                                              "is a sequence, counted against the token quota)."),
     registry_poll: float = typer.Option(10.0, "--registry-poll", help="Seconds between registry polls."),
     speculate: int = typer.Option(4, "--speculate", help="N-gram (prompt-lookup) draft tokens per greedy request "
                                                          "and step, 0-7; 0 turns speculative decoding off."),
@@ -560,7 +562,8 @@ def serve_cmd(
                                      max_kv_tokens=max_kv_tokens, max_queue=max_queue,
                                      max_tokens_cap=max_tokens_cap, speculate=speculate,
                                      speculate_step_tokens=speculate_step_tokens, screen_head=screen_head),
-                        HttpLimits(max_body_bytes=max_body_bytes, max_prompt_chars=max_prompt_chars), metrics_key)
+                        HttpLimits(max_body_bytes=max_body_bytes, max_prompt_chars=max_prompt_chars,
+                                   max_choices=max_choices), metrics_key)
     check_options(opts)
     _log_info("%(levelname)s: %(message)s", "loraops.serve", "loraops.finetune")
     from loraops.serve.server import run

@@ -33,7 +33,8 @@ messages = st.lists(st.fixed_dictionaries({"role": st.sampled_from(["user", "sys
                                            "content": text | anything}), min_size=1, max_size=3) | anything
 OPTIONAL = {name: anything for name in ["max_tokens", "max_completion_tokens", "temperature", "top_p", "top_k",
                                         "seed", "stream", "n", "logprobs", "logit_bias", "presence_penalty",
-                                        "frequency_penalty", "best_of", "suffix", "echo", "tools"]}
+                                        "frequency_penalty", "best_of", "suffix", "echo", "tools", "tool_choice",
+                                        "parallel_tool_calls", "top_logprobs", "repetition_penalty"]}
 OPTIONAL.update(stop=st.lists(text, max_size=5) | anything, stream_options=st.fixed_dictionaries(
     {"include_usage": anything}) | anything, response_format=st.fixed_dictionaries(
     {"type": st.sampled_from(["text", "json_object", "json_schema"]) | anything,
@@ -60,8 +61,9 @@ def test_request_parsers_raise_only_bad_request(body):
             assert e.message and e.status == 400
             continue
         p = req.params
-        assert math.isfinite(p.temperature) and math.isfinite(p.top_p) and p.max_tokens >= 1
+        assert math.isfinite(p.temperature) and math.isfinite(p.top_p) and (p.max_tokens >= 1 or req.echo)
         assert p.temperature == 0 or p.temperature >= 1e-5
+        assert 1 <= req.n <= req.best_of and all(math.isfinite(b) for _, b in p.logit_bias)
 
 
 @FAST

@@ -203,7 +203,7 @@ def test_requests_per_minute_limit_gives_429_with_retry_after(env):
     ("/v1/chat/completions", {"model": "a", "messages": "hi"}, "messages"),
     ("/v1/chat/completions", {"model": "a", "messages": [{"role": "wizard", "content": "x"}]}, "messages[0].role"),
     ("/v1/chat/completions", {"model": "a", "messages": [{"role": "user", "content": 3}]}, "messages[0].content"),
-    ("/v1/chat/completions", {"model": "a", "messages": [{"role": "user", "content": "x"}], "n": 2}, "n"),
+    ("/v1/chat/completions", {"model": "a", "messages": [{"role": "user", "content": "x"}], "n": 0}, "n"),
 ])
 def test_bad_input_is_a_400_with_an_openai_error_body(env, path, body, param):
     r = post(env, path, body)

@@ -32,6 +32,7 @@ class HttpLimits:
     max_body_bytes: int = 2 * 1024 * 1024   # JSON bodies over this are 413, unread
     max_prompt_chars: int = 262_144         # prompt / messages characters, checked before tokenizing
     grammar_cache: int = 128                # compiled response_format grammars kept (by schema digest)
+    max_choices: int = 8                    # the largest n / best_of of one request
 
 
 @dataclass
@@ -77,7 +78,7 @@ def check_options(opts: ServeOptions) -> None:
         raise ConfigError(f"--speculate must be between 0 and {BATCHED_SPAN - 1}")
     if e.speculate_step_tokens < 0:
         raise ConfigError("--speculate-step-tokens must be >= 0")
-    for name in ("max_body_bytes", "max_prompt_chars", "grammar_cache"):
+    for name in ("max_body_bytes", "max_prompt_chars", "grammar_cache", "max_choices"):
         if getattr(opts.http, name) < 1:
             raise ConfigError(f"--{name.replace('_', '-')} must be >= 1")
     for name in ("admin_key", "metrics_key"):

@@ -29,6 +29,16 @@ class SeqSpan:
     read_slots: torch.Tensor    # [start + hi - lo] flat KV-cache slots of the whole sequence so far
 
 
+@dataclass(frozen=True)
+class ScoreRows:
+    """Kept positions whose log-probabilities the head computes itself (prompt log-probs): the
+    [S, V] logits of a long prompt never exist at once."""
+
+    rows: torch.Tensor          # [K] bool over the kept positions
+    targets: torch.Tensor       # [S] the token whose log-prob each scored row gives (the next prompt token)
+    k: int                      # top log-probs per row (the most any scored sequence asked for)
+
+
 @dataclass
 class ForwardContext:
     terms: list[LoRATerm]                  # gathered LoRA terms: one, or more for composed requests
@@ -36,12 +46,14 @@ class ForwardContext:
     cache: object                          # kv.BlockKVCache
     attn_plan: AttentionPlan | None = None     # how the spans are attended (None: no spans)
     greedy_rows: torch.Tensor | None = None    # [K] bool: kept positions whose token head.py screens
+    score: ScoreRows | None = None             # kept positions the head scores (prompt log-probs)
 
     @classmethod
     def build(cls, slot_per_token: torch.Tensor, spans: list[SeqSpan], cache,
-              weights: torch.Tensor | None = None, greedy_rows: torch.Tensor | None = None) -> ForwardContext:
+              weights: torch.Tensor | None = None, greedy_rows: torch.Tensor | None = None,
+              score: ScoreRows | None = None) -> ForwardContext:
         """slot_per_token: [T] (one adapter per token) or [J, T] (term j's slot per token, 0: none);
-        weights: [J, T] per-token term weights, None: all 1; greedy_rows as the field."""
+        weights: [J, T] per-token term weights, None: all 1; greedy_rows, score as the fields."""
         slots = slot_per_token if slot_per_token.dim() == 2 else slot_per_token[None]   # [J, T]
         terms = []
         for j, idx in enumerate(slots):
@@ -50,4 +62,4 @@ class ForwardContext:
                 w = None                            # weight 1 everywhere: exactly the single-adapter path
             terms.append(LoRATerm.of(idx, w))
         plan = AttentionPlan.build(spans, cache.null_slot) if spans else None
-        return cls(terms=terms, spans=spans, cache=cache, attn_plan=plan, greedy_rows=greedy_rows)
+        return cls(terms=terms, spans=spans, cache=cache, attn_plan=plan, greedy_rows=greedy_rows, score=score)

@@ -26,14 +26,15 @@ from loraops.serve.catalog import AdapterCatalog, AdapterEntry
 from loraops.serve.config import EngineConfig
 from loraops.serve.engine_thread import EngineThread
 from loraops.serve.errors import BadRequestError, ContextLengthError, InternalError, ModelNotFoundError
-from loraops.serve.events import DoneEvent, ErrorEvent, TokenEvent
+from loraops.serve.events import DoneEvent, ErrorEvent, PromptLogprobsEvent, TokenEvent, TokenLogprob
 from loraops.serve.model_ref import ModelRef
 from loraops.serve.postprocess import Postprocessor
 from loraops.serve.runner import ModelRunner
 from loraops.serve.sampling import SamplingParams, TextStream, make_generator
 from loraops.serve.scheduler import Batch, Scheduler, Sequence
 
-__all__ = ["AdapterEntry", "DoneEvent", "Engine", "EngineConfig", "ErrorEvent", "ModelRef", "TokenEvent"]
+__all__ = ["AdapterEntry", "DoneEvent", "Engine", "EngineConfig", "ErrorEvent", "ModelRef", "PromptLogprobsEvent",
+           "TokenEvent", "TokenLogprob"]
 
 log = logging.getLogger("loraops.serve")
 
@@ -119,6 +120,8 @@ class Engine:
             raise BadRequestError(f"a composition of {len(ref.parts)} adapters needs {len(ref.parts)} slots; "
                                   f"this server has {self.pool.max_slots}", param="model")
         self.check_lengths(len(prompt), params.max_tokens)
+        if any(not 0 <= t < self.vocab_size for t, _ in params.logit_bias):
+            raise BadRequestError(f"logit_bias keys must be token ids in [0, {self.vocab_size})", param="logit_bias")
         self.catalog.resolve(ref)                          # unknown now: 404 now (resolved again at admission)
         seq = Sequence(next(self._ids), tenant, ref, list(prompt), params, sink,
                        TextStream(self.tokenizer, params.stop), make_generator(params), constraint)

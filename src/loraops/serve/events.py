@@ -1,5 +1,5 @@
-"""What the engine sends a request's sink, in order: TokenEvent*, then one DoneEvent or ErrorEvent.
-Sinks are called from the engine thread (and from API threads for requests refused or dropped
+"""What the engine sends a request's sink, in order: a PromptLogprobsEvent (only when it asked for
+the prompt's log-probs), TokenEvent*, then one DoneEvent or ErrorEvent. Sinks are called from the engine thread (and from API threads for requests refused or dropped
 while they wait) and must not block."""
 
 from __future__ import annotations
@@ -10,9 +10,26 @@ from loraops.serve.errors import ServeError
 
 
 @dataclass(frozen=True)
+class TokenLogprob:
+    """One position's log-probabilities (fp32, the raw model distribution; sampling.py)."""
+
+    token_id: int
+    logprob: float                            # of token_id
+    top: tuple[tuple[int, float], ...] = ()   # the k most likely (token id, logprob), most likely first
+
+
+@dataclass(frozen=True)
 class TokenEvent:
     text: str                     # text now safe to emit (may be "": a partial character, a stop prefix)
     token_id: int
+    logprob: TokenLogprob | None = None       # when the request asked for logprobs
+
+
+@dataclass(frozen=True)
+class PromptLogprobsEvent:
+    """Per prompt token, its log-probability given the tokens before it; the first is None."""
+
+    entries: tuple[TokenLogprob | None, ...]
 
 
 @dataclass(frozen=True)

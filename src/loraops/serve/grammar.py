@@ -92,18 +92,26 @@ def check_schema_size(schema: dict) -> None:
                                          f"most {MAX_SCHEMA_BYTES}")
 
 
-def compile_grammar(schema: dict) -> Grammar:
-    """Validate `schema` (size, JSON Schema meta-schema, then llguidance) and compile it."""
+def check_schema(schema: dict, meta: bool = True) -> None:
+    """Refuse a schema past the size bounds or (`meta`) not valid under the JSON Schema meta-schema."""
     import jsonschema
-    import llguidance
 
     check_schema_size(schema)
+    if not meta:
+        return
     try:
         jsonschema.Draft202012Validator.check_schema(schema)
     except jsonschema.SchemaError as e:
         raise InvalidResponseFormatError(f"invalid JSON schema: {e.message}") from e
     except RecursionError:
         raise InvalidResponseFormatError("the JSON schema nests too deeply") from None
+
+
+def compile_grammar(schema: dict) -> Grammar:
+    """Validate `schema` (size, JSON Schema meta-schema, then llguidance) and compile it."""
+    import llguidance
+
+    check_schema(schema)
     try:
         source = llguidance.LLMatcher.grammar_from_json_schema(schema)
     except (ValueError, TypeError, RuntimeError) as e:    # what llguidance raises for schemas it cannot take
@@ -112,6 +120,21 @@ def compile_grammar(schema: dict) -> Grammar:
     if not ok:
         raise InvalidResponseFormatError(f"unsupported JSON schema: {error}")
     return Grammar(source, schema)
+
+
+def compile_lark(lark: str) -> Grammar:
+    """A Lark grammar (llguidance's syntax; tools.tool_grammar builds them, its JSON schemas already
+    checked) -> a compiled Grammar."""
+    import llguidance
+
+    try:
+        source = llguidance.LLMatcher.grammar_from_lark(lark)
+    except (ValueError, TypeError, RuntimeError) as e:
+        raise InvalidResponseFormatError(f"unsupported JSON schema: {e}") from e
+    ok, error = _validate(source)
+    if not ok:
+        raise InvalidResponseFormatError(f"unsupported JSON schema: {error}")
+    return Grammar(source, {})
 
 
 def _validate(source: str) -> tuple[bool, str]:
@@ -134,14 +157,20 @@ class GrammarCache:
         self._lock = threading.Lock()
 
     def compile(self, schema: dict) -> Grammar:
-        key = hashlib.sha256(dumps_schema(schema).encode()).hexdigest()
+        return self._get("schema:" + dumps_schema(schema), lambda: compile_grammar(schema))
+
+    def compile_lark(self, lark: str) -> Grammar:
+        return self._get("lark:" + lark, lambda: compile_lark(lark))
+
+    def _get(self, text: str, build) -> Grammar:
+        key = hashlib.sha256(text.encode()).hexdigest()
         with self._lock:
             hit = self._items.get(key)
             if hit is not None:
                 self._items.move_to_end(key)
         if hit is None:
             try:
-                hit = compile_grammar(schema)
+                hit = build()
             except InvalidResponseFormatError as e:
                 hit = e
             with self._lock:

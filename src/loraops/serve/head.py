@@ -1,5 +1,6 @@
 """The LM head in the engine: full logits for the rows that sample, only the argmax for greedy rows —
-exact, at int8 cost.
+exact, at int8 cost — and, for prompt positions whose log-probabilities a request asked for (echo),
+those log-probs, computed a few rows at a time (`score_rows`).
 
 Greedy decoding needs argmax_v x·w_v over the vocabulary, not the logits. Gemma 3's head is
 262k × 640, ~60% of a decode step's FLOPs in fp32. `ScreenedArgmax` finds the same token while
@@ -45,6 +46,7 @@ BLOCK = 64        # vocabulary ids per block when looking for candidates (block 
 CHUNK = 16        # rows per int8 matmul: fbgemm's time per row grows above ~16 rows (docs/benchmarks.md)
 FP32_SLACK = 1e-4
 NORM_ROWS = 16384  # weight rows per pass when computing the norms (bounded temporary memory)
+SCORE_CHUNK = 64   # prompt rows per head call when scoring: 64 x 262k fp32 logits = 67 MB at a time
 
 
 def argmax_reference(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -166,24 +168,55 @@ def grid_round(u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 @dataclass(frozen=True)
+class Scores:
+    """Log-probabilities of S scored rows (fp32)."""
+
+    logprobs: torch.Tensor          # [S] log p(target) of each row
+    top_ids: torch.Tensor           # [S, k] the k most likely tokens, most likely first
+    top_logprobs: torch.Tensor      # [S, k] their log-probs
+
+    def __getitem__(self, rows: slice) -> Scores:
+        return Scores(self.logprobs[rows], self.top_ids[rows], self.top_logprobs[rows])
+
+
+def score_rows(head: nn.Module, h: torch.Tensor, targets: torch.Tensor, k: int,
+               softcap: float | None = None) -> Scores:
+    """h: [S, d] hidden states, targets: [S] -> log_softmax(head(h)) at `targets` and its top k, in
+    fp32, SCORE_CHUNK rows at a time (the [S, V] logits never exist at once). `softcap`: the model's
+    final logit soft-capping (cap · tanh(logits / cap)), which the model applies after the head."""
+    lps, ids, tops = [], [], []
+    for lo in range(0, h.shape[0], SCORE_CHUNK):
+        logits = head(h[lo:lo + SCORE_CHUNK]).float()                          # [c, V]
+        if softcap is not None:
+            logits = torch.tanh(logits / softcap) * softcap
+        logp = torch.log_softmax(logits, dim=-1)
+        lps.append(logp.gather(1, targets[lo:lo + SCORE_CHUNK, None])[:, 0])
+        top = logp.topk(k, dim=-1) if k else None
+        ids.append(top.indices if top else torch.zeros(len(logp), 0, dtype=torch.long))
+        tops.append(top.values if top else logp.new_zeros(len(logp), 0))
+    return Scores(torch.cat(lps), torch.cat(ids), torch.cat(tops))
+
+
+@dataclass(frozen=True)
 class HeadResult:
     """What the head found out in one forward, besides the logits it returned."""
 
     finite: torch.Tensor            # [K] bool: the row's hidden state is finite (NaN/inf rows are unusable)
     tokens: torch.Tensor | None     # [K] each screened row's greedy token, -1 elsewhere; None: no row screened
+    scores: Scores | None = None    # the scored rows' log-probs, in row order; None: no row scored
 
 
 class ServeHead(nn.Module):
     """The engine's output layer. It checks every kept row's hidden state for NaN/inf first (a
     non-finite row would poison the int8 screen's shared activation grid, and its tokens mean
-    nothing). With a context whose `greedy_rows` ([K] bool over the kept positions) is set and a
-    `screen`, it screens the finite greedy rows' tokens and returns the logits of the other rows
-    only ([1, K - G, V]); otherwise it returns `full`'s logits for every row. The runner collects
-    the rest with `take` after the forward."""
+    nothing). With a context whose `score` is set, it computes those rows' log-probs itself
+    (`score_rows`); with `greedy_rows` ([K] bool over the kept positions) set and a `screen`, it
+    screens the finite greedy rows' tokens. It returns `full`'s logits of the other rows only
+    ([1, K - G - S, V], in row order). The runner collects the rest with `take` after the forward."""
 
-    def __init__(self, full: nn.Module, screen: ScreenedArgmax | None = None):
+    def __init__(self, full: nn.Module, screen: ScreenedArgmax | None = None, softcap: float | None = None):
         super().__init__()
-        self.full, self.screen = full, screen
+        self.full, self.screen, self.softcap = full, screen, softcap
         self.serve_ctx = None
         self._result: HeadResult | None = None
 
@@ -193,19 +226,24 @@ class ServeHead(nn.Module):
             return self.full(x)
         h = x.reshape(-1, x.shape[-1])                                          # [K, d]
         finite = torch.isfinite(h).all(-1)                                      # [K]
+        rest = torch.ones_like(finite)
+        scores = tokens = None
+        if ctx.score is not None:
+            scores = score_rows(self.full, h[ctx.score.rows], ctx.score.targets, ctx.score.k, self.softcap)
+            rest &= ~ctx.score.rows
         greedy = ctx.greedy_rows if self.screen is not None else None
-        if greedy is None:
-            self._result = HeadResult(finite, None)
+        if greedy is not None:
+            pick = greedy & finite
+            tokens = torch.full((h.shape[0],), -1, dtype=torch.long)
+            if pick.any():
+                tokens[pick] = self.screen(h[pick])
+            rest &= ~greedy
+        self._result = HeadResult(finite, tokens, scores)
+        if bool(rest.all()):
             return self.full(x)
-        pick = greedy & finite
-        tokens = torch.full((h.shape[0],), -1, dtype=torch.long)
-        if pick.any():
-            tokens[pick] = self.screen(h[pick])
-        self._result = HeadResult(finite, tokens)
-        rest = h[~greedy]
-        if not len(rest):                          # every row greedy: skip the head's empty blocks
-            return h.new_empty(1, 0, self.screen.weight.shape[0])
-        return self.full(rest[None])
+        if not bool(rest.any()):                   # nothing left: skip the head's empty blocks
+            return h.new_empty(1, 0, self.full.out_features)
+        return self.full(h[rest][None])
 
     def take(self) -> HeadResult:
         """The result of the forward that just ran (once)."""
@@ -232,7 +270,7 @@ def install_head(model: nn.Module, tokenizer, screen: bool = True) -> ServeHead:
                         "on; greedy tokens use the fp32 head")
             screened = None
     path = next(p for p, m in model.named_modules() if m is head)
-    wrapped = ServeHead(head, screened)
+    wrapped = ServeHead(head, screened, getattr(model.config.get_text_config(), "final_logit_softcapping", None))
     set_submodule(model, path, wrapped)
     return wrapped
 

@@ -74,9 +74,9 @@ class Sequence:
 
     @property
     def wants_logits(self) -> bool:
-        """Its next tokens need the logits rows (it samples or follows a grammar); else only the
-        argmax, which the head may screen."""
-        return not self.params.greedy or self.constraint is not None
+        """Its next tokens need the logits rows (it samples, follows a grammar, asked for logprobs,
+        penalties or a logit bias); else only the argmax, which the head may screen."""
+        return not self.params.greedy or self.constraint is not None or self.params.needs_logits
 
 
 class FairQueue:

@@ -11,7 +11,8 @@ from typing import Annotated, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from loraops.serve.protocol import MAX_INPUTS, MAX_STOP, MAX_STOP_CHARS, MIN_TOP_P
+from loraops.serve.protocol import MAX_INPUTS, MAX_LOGIT_BIAS, MAX_LOGPROBS, MAX_STOP, MAX_STOP_CHARS, MIN_TOP_P
+from loraops.serve.tools import MAX_TOOLS
 
 # ---- errors -------------------------------------------------------------------------------------
 
@@ -69,10 +70,16 @@ class _Request(BaseModel):
                                                 f"characters; never emitted")
     stream: bool | None = False
     stream_options: StreamOptions | None = None
-    n: Literal[1] | None = Field(None, description="Only 1")
-    presence_penalty: Literal[0] | None = Field(None, description="Not supported: only 0")
-    frequency_penalty: Literal[0] | None = Field(None, description="Not supported: only 0")
-    logit_bias: dict[str, float] | None = Field(None, max_length=0, description="Not supported: only {}")
+    n: int | None = Field(None, ge=1, description="Choices to generate, at most the server's --max-choices (each "
+                                                  "is a sequence, counted against the token quota); with a seed, "
+                                                  "choice i > 0 uses a seed derived from (seed, i)")
+    presence_penalty: float | None = Field(None, ge=-2, le=2)
+    frequency_penalty: float | None = Field(None, ge=-2, le=2)
+    repetition_penalty: float | None = Field(None, ge=0.01, le=10, description="Extension (HF/CTRL): logits of "
+                                                                               "tokens seen in prompt or output "
+                                                                               "divided by it (>0) or times it")
+    logit_bias: dict[str, Annotated[float, Field(ge=-100, le=100)]] | None = Field(
+        None, max_length=MAX_LOGIT_BIAS, description="Token id (as a string) -> bias added to its logit")
     user: str | None = None
 
 
@@ -102,11 +109,18 @@ ResponseFormat = Union[TextFormat, JsonObjectFormat, JsonSchemaFormat]
 
 class CompletionRequest(_Request):
     prompt: Union[str, list[str], list[int]] = Field(description="A string, a list of one string, or token ids")
+    max_tokens: int | None = Field(None, ge=0, description="At most the server's --max-tokens-cap; 0 only with "
+                                                           "echo (scoring the prompt)")
     response_format: ResponseFormat | None = None
-    best_of: Literal[1] | None = Field(None, description="Not supported: only 1")
-    echo: Literal[False] | None = Field(None, description="Not supported")
-    logprobs: Literal[0] | None = Field(None, description="Not supported")
-    suffix: Literal[""] | None = Field(None, description="Not supported")
+    best_of: int | None = Field(None, ge=1, description="Generate this many (n <= best_of <= --max-choices) and "
+                                                        "return the n with the best mean log-prob per token; "
+                                                        "not with stream")
+    echo: bool | None = Field(None, description="Return the prompt before the completion (with logprobs: the "
+                                                "prompt's log-probs, the first null)")
+    logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS, description="Log-probs of each token and its k "
+                                                                           "most likely alternatives (raw model "
+                                                                           "distribution, fp32)")
+    suffix: Literal[""] | None = Field(None, description="Not supported (insertion)")
 
 
 class TextPart(BaseModel):
@@ -114,18 +128,62 @@ class TextPart(BaseModel):
     text: str
 
 
+class FunctionCall(BaseModel):
+    name: str
+    arguments: str = Field(description="JSON text")
+
+
+class ToolCall(BaseModel):
+    id: str
+    type: Literal["function"]
+    function: FunctionCall
+
+
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="allow")
 
-    role: Literal["system", "developer", "user", "assistant"]
-    content: Union[str, list[TextPart]]
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: Union[str, list[TextPart], None] = Field(description="Null only for an assistant message with "
+                                                                  "tool_calls")
+    tool_calls: list[ToolCall] | None = Field(None, description="Assistant messages: the calls it made")
+    tool_call_id: str | None = Field(None, description="Tool messages (required): the call this answers")
+
+
+class FunctionDefinition(BaseModel):
+    name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    description: str | None = None
+    parameters: dict | None = Field(None, description="A JSON schema of an object (at most 1000 values and 32 KiB "
+                                                      "for all tools together)")
+    strict: bool | None = None
+
+
+class Tool(BaseModel):
+    type: Literal["function"]
+    function: FunctionDefinition
+
+
+class NamedFunction(BaseModel):
+    name: str
+
+
+class NamedToolChoice(BaseModel):
+    type: Literal["function"]
+    function: NamedFunction
 
 
 class ChatCompletionRequest(_Request):
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: int | None = Field(None, ge=1)
     response_format: ResponseFormat | None = None
-    logprobs: Literal[False] | None = Field(None, description="Not supported")
+    logprobs: bool | None = Field(None, description="Log-probs of each generated token (raw model distribution, "
+                                                    "fp32)")
+    top_logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS, description="With logprobs: the k most likely "
+                                                                               "alternatives per token")
+    tools: list[Tool] | None = Field(None, max_length=MAX_TOOLS)
+    tool_choice: Union[Literal["none", "auto", "required"], NamedToolChoice] | None = Field(
+        None, description="none / auto (the default with tools) / required / a named function; required and named "
+                          "calls are decoded under the function's schema")
+    parallel_tool_calls: bool | None = None
 
 
 class AdapterLoad(BaseModel):
@@ -162,11 +220,18 @@ class Usage(BaseModel):
 FinishReason = Literal["stop", "length"]
 
 
+class CompletionLogprobs(BaseModel):
+    tokens: list[str]
+    token_logprobs: list[float | None] = Field(description="null for the prompt's first token (echo)")
+    top_logprobs: list[dict[str, float] | None] = Field(description="The k most likely tokens and the token itself")
+    text_offset: list[int]
+
+
 class CompletionChoice(BaseModel):
     index: int
     text: str
     finish_reason: FinishReason
-    logprobs: None
+    logprobs: CompletionLogprobs | None
 
 
 class Completion(BaseModel):
@@ -180,14 +245,31 @@ class Completion(BaseModel):
 
 class AssistantMessage(BaseModel):
     role: Literal["assistant"]
-    content: str
+    content: str | None
+    refusal: None = None
+    tool_calls: list[ToolCall] | None = None
+
+
+class TopLogprob(BaseModel):
+    token: str = Field(description='The token\'s text, or "bytes:\\xNN..." when its bytes are not UTF-8 alone')
+    logprob: float
+    bytes: list[int] | None = Field(description="null for special tokens")
+
+
+class TokenLogprob(TopLogprob):
+    top_logprobs: list[TopLogprob]
+
+
+class ChatLogprobs(BaseModel):
+    content: list[TokenLogprob] | None
+    refusal: None = None
 
 
 class ChatChoice(BaseModel):
     index: int
     message: AssistantMessage
-    finish_reason: FinishReason
-    logprobs: None
+    finish_reason: Literal["stop", "length", "tool_calls"]
+    logprobs: ChatLogprobs | None
 
 
 class ChatCompletion(BaseModel):

@@ -4,8 +4,12 @@ Order of checks per generation request, cheapest first, so that a refused reques
 key (401) -> body size (413) -> JSON, fields and prompt characters (400; parsed off the event loop)
 -> model visible to this tenant (404, identical for "exists but not yours"; for a composition,
 every part) -> the tenant's concurrency and request-rate limits (429) -> tokenizing (in a worker
-thread) -> lengths (400) -> the tenant's token budget (429) -> response_format compiled (cached by
-schema digest) -> engine queue (503) -> generation.
+thread) -> lengths (400) -> the tenant's token budget (429: every choice's prompt and max_tokens)
+-> response_format or tool grammar compiled (cached) -> engine queue (503) -> generation.
+
+A request for n choices (or best_of) is that many engine sequences, each prefilled on its own (no
+prefix sharing yet: correctness first), submitted together; if the queue refuses one, the others
+are cancelled.
 """
 
 from __future__ import annotations
@@ -23,10 +27,13 @@ from loraops.serve import schemas
 from loraops.serve.deps import AppState, app_state, json_body, require_task, tenant
 from loraops.serve.errors import BadRequestError, ModelNotFoundError, ServeError
 from loraops.serve.grammar import InvalidResponseFormatError, RowConstraint
-from loraops.serve.job import Job
+from loraops.serve.job import Answer, Job
+from loraops.serve.logprobs import token_table
 from loraops.serve.model_ref import ModelRef, Part
 from loraops.serve.protocol import GenerationRequest, parse_chat, parse_completion
+from loraops.serve.sampling import choice_params
 from loraops.serve.tenancy import Tenant
+from loraops.serve.tools import render_messages, tool_grammar
 
 router = APIRouter(prefix="/v1", tags=["openai"])
 
@@ -118,7 +125,8 @@ def _encode(state: AppState, req: GenerationRequest) -> list[int]:
     tok = state.engine.tokenizer
     if req.messages is not None:
         try:
-            text = tok.apply_chat_template(list(req.messages), tokenize=False, add_generation_prompt=True)
+            text = tok.apply_chat_template(render_messages(req.messages, req.tools), tokenize=False,
+                                           add_generation_prompt=True)
         except Exception as e:                            # a template may reject role orders
             raise BadRequestError(f"the messages do not fit the model's chat template: {e}",
                                   param="messages") from e
@@ -130,12 +138,30 @@ def _encode(state: AppState, req: GenerationRequest) -> list[int]:
     return tok(req.prompt)["input_ids"]
 
 
-def _constraint(state: AppState, req: GenerationRequest) -> RowConstraint:
+def _constraints(state: AppState, req: GenerationRequest) -> list[RowConstraint | None]:
+    """Per choice, its own matcher of the grammar the request decodes under (response_format or
+    the tool calls; compiled once, cached), or None each."""
     try:
-        grammar = state.grammars.compile(req.schema)
+        if req.schema is not None:
+            grammar = state.grammars.compile(req.schema)
+        else:
+            lark = tool_grammar(req.tools) if req.tools is not None else None
+            grammar = state.grammars.compile_lark(lark) if lark is not None else None
     except InvalidResponseFormatError as e:
-        raise BadRequestError(str(e), param="response_format") from e
-    return RowConstraint(grammar, state.engine.tokenizer, state.engine.vocab_size)
+        raise BadRequestError(str(e), param="response_format" if req.schema is not None else "tools") from e
+    engine = state.engine
+    return [None if grammar is None else RowConstraint(grammar, engine.tokenizer, engine.vocab_size)
+            for _ in range(req.best_of)]
+
+
+def _answer(state: AppState, req: GenerationRequest, prompt: list[int]) -> Answer:
+    """What the response needs besides the events (the token table takes seconds once: a worker thread)."""
+    engine = state.engine
+    echo = ""
+    if req.echo:
+        echo = req.prompt if isinstance(req.prompt, str) else engine.tokenizer.decode(prompt, skip_special_tokens=True)
+    table = token_table(engine.tokenizer, engine.vocab_size) if req.logprobs is not None else None
+    return Answer(prompt, echo, table)
 
 
 def _count(state: AppState, model: str, tenant_name: str, e: ServeError) -> None:
@@ -144,34 +170,41 @@ def _count(state: AppState, model: str, tenant_name: str, e: ServeError) -> None
 
 
 async def _generate(request: Request, state: AppState, who: Tenant, body: dict, chat: bool):
-    engine, label_model, lease = state.engine, "-", None
+    engine, label_model, lease, seqs = state.engine, "-", None, []
     try:
         require_task(state, "generation")
         parse = parse_chat if chat else parse_completion
-        req = parse(body, state.limits.max_prompt_chars)
+        req = parse(body, state.limits.max_prompt_chars, state.limits.max_choices)
         model = await resolve_model(state, who, req.model)   # parsed once: the engine gets this value
         label_model = model.label
         state.limiter.check(who)                          # over its limits: refused before any tokenizing
         prompt = await run_in_threadpool(_encode, state, req)
         engine.check_lengths(len(prompt), req.params.max_tokens)
-        lease = state.limiter.acquire(who, len(prompt) + req.params.max_tokens)
-        constraint = await run_in_threadpool(_constraint, state, req) if req.schema is not None else None
+        lease = state.limiter.acquire(who, req.best_of * (len(prompt) + req.params.max_tokens))
+        constraints = await run_in_threadpool(_constraints, state, req) if req.schema or req.tools \
+            else [None] * req.best_of
+        answer = await run_in_threadpool(_answer, state, req, prompt)
         loop = asyncio.get_running_loop()
         events: asyncio.Queue = asyncio.Queue()
 
-        def sink(ev):
-            try:
-                loop.call_soon_threadsafe(events.put_nowait, ev)
-            except RuntimeError:                          # the event loop is gone (shutdown)
-                pass
-        seq = engine.submit(who.name, model, prompt, req.params, sink, constraint)
+        def sink_for(i: int):
+            def sink(ev):
+                try:
+                    loop.call_soon_threadsafe(events.put_nowait, (i, ev))
+                except RuntimeError:                      # the event loop is gone (shutdown)
+                    pass
+            return sink
+        for i, constraint in enumerate(constraints):
+            seqs.append(engine.submit(who.name, model, prompt, choice_params(req.params, i), sink_for(i), constraint))
     except ServeError as e:
+        for seq in seqs:
+            engine.cancel(seq)
         if lease is not None:
             lease.release(0)
         _count(state, label_model, who.name, e)
         raise
     rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
-    job = Job(state, who, req, seq, events, lease, rid, chat)
+    job = Job(state, who, req, seqs, events, lease, rid, chat, answer)
     if req.stream:
         return StreamingResponse(job.sse(), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
