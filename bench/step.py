@@ -39,7 +39,7 @@ import torch
 
 from serve import make_adapters   # bench/serve.py
 
-GEMM_OPS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::linear", "aten::matmul", "aten::_weight_int8pack_mm",
+GEMM_OPS = ("aten::mm", "mkldnn::_linear_pointwise", "aten::addmm", "aten::bmm", "aten::linear", "aten::matmul", "aten::_weight_int8pack_mm",
             "quantized::linear_dynamic", "aten::_weight_int4pack_mm_for_cpu", "aten::_int_mm", "aten::baddbmm")
 ATTN_OPS = ("aten::scaled_dot_product_attention", "aten::_scaled_dot_product_flash_attention_for_cpu",
             "aten::_scaled_dot_product_attention_math", "aten::softmax", "aten::_softmax")
@@ -63,6 +63,10 @@ def build_engine(base, paths, args):
                                          max_kv_tokens=args.batch * (args.context + budget(args) + 16),
                                          max_tokens_cap=4096, speculate=0))
     engine.eos_ids = set()
+    if args.decoder:
+        from loraops.serve.decoder import install_decoder
+
+        assert install_decoder(engine.model) is not None
     names = [engine.add_adapter(f"a{i}", p).model_id for i, p in enumerate(paths)]
     return engine, names
 
@@ -219,6 +223,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--quantize", choices=["none", "int8"], default="none")
     p.add_argument("--no-profile", action="store_true")
+    p.add_argument("--decoder", action="store_true", help="the engine with serve/decoder.py's ServeDecoder")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     from loraops.models import load_base
