@@ -15,11 +15,12 @@ among them (a slot of rank r < r_max is zero beyond r):
 - `lora_sgmv`: one matmul pair per slot. For lopsided batches — one sequence's long prompt next
   to other sequences' single decode tokens — where padding every group to the longest would
   multiply the work.
-- `lora_dense`: every token against every slot in use (two plain matmuls and a mask), for steps
-  with very few tokens x slots (batch 1): no gather or scatter at all, and the extra products of a
-  token with the other slots cost less than the index ops they replace.
+- one slot for every token (batch 1, or a batch all on one adapter): two plain matmuls on the
+  slot's weights, no gather or scatter. (Not for mixed steps: a token multiplied by another slot's
+  weights, even masked to zero, would take in that adapter's NaN or inf — one tenant's bad adapter
+  must stay in its own rows.)
 
-The padded and dense paths read the slots' A and B stacked (`stack_slots`: the slots in use, cut to
+The padded and single-slot paths read the slots' A and B stacked (`stack_slots`: the slots in use, cut to
 the rank in use, B transposed with the slot's scale folded in). A step's set of adapters changes far
 less often than every step, so each layer keeps its last stacks (`StackCache`) until the pool's
 tensors change; gathering them anew in every layer of every step was half of the LoRA time.
@@ -41,7 +42,6 @@ import torch
 # costs a gathered input row and an output row, negligible next to a decode step's per-op overhead
 # until a long prompt makes every group as wide as itself.
 PAD_WASTE, PAD_SLACK = 2, 128
-DENSE_WORK = 16          # tokens x slots in use at or below which `lora_dense` is the faster path
 
 
 def lora_reference(x: torch.Tensor, A: torch.Tensor, B: torch.Tensor, scale: torch.Tensor,
@@ -122,7 +122,7 @@ class PaddedGroups:
 
 def stack_slots(A: torch.Tensor, B: torch.Tensor, scale: torch.Tensor, slots: torch.Tensor,
                 rank: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """The k `slots`' weights, cut to `rank` (all when None), stacked for the padded and dense paths.
+    """The k `slots`' weights, cut to `rank` (all when None), stacked for the padded and single-slot paths.
     A: [N, r_max, in], B: [N, out, r_max], scale: [N], slots: [k]
     -> a: [k * r, in] (slot j's rows at j*r:(j+1)*r), b: [k * r, out] (scale[s] · B[s, :, :r]ᵀ)."""
     r = A.shape[1] if rank is None else rank
@@ -149,15 +149,6 @@ def lora_padded_stacked(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, group
     y = torch.bmm(h, b.view(k, r, -1)).view(k * width, b.shape[1])                  # [k * L, out]
     out = x.new_zeros(x.shape[0], b.shape[1])
     return out.index_add_(0, groups.tokens, y.index_select(0, groups.valid))
-
-
-def lora_dense(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, member: torch.Tensor) -> torch.Tensor:
-    """Every token against every stacked slot, masked: delta[t] = Σ_j member[t, j] · (x[t] @ a_jᵀ) @ b_j.
-    With member[t, j] = 1 where token t uses slots[j] (0 elsewhere) this is `lora_reference`.
-    x: [T, in], a: [k * r, in], b: [k * r, out] (`stack_slots`), member: [T, k] -> delta: [T, out]."""
-    k = member.shape[1]
-    h = (x @ a.T).view(x.shape[0], k, -1).mul_(member[:, :, None].to(x.dtype))    # [T, k, r]
-    return h.view(x.shape[0], -1) @ b
 
 
 class StackCache:
@@ -191,7 +182,7 @@ class LoRATerm:
     weight: torch.Tensor | None = None     # [T] per-token weight; None: 1 for every token
     padded: PaddedGroups | None = None     # the layout for lora_padded; None: use lora_sgmv
     slots: torch.Tensor | None = None      # [k] the real slots in use (None: none)
-    member: torch.Tensor | None = None     # [T, k] weight of token t on slots[j], for lora_dense; None: not dense
+    single: bool = False                   # every token uses slots[0]: two plain matmuls
 
     @classmethod
     def of(cls, idx: torch.Tensor, weight: torch.Tensor | None = None) -> LoRATerm:
@@ -199,12 +190,7 @@ class LoRATerm:
         order, segs = segments(idx)
         live = [s for s, _, _ in segs if s != 0]
         slots = torch.tensor(live) if live else None
-        member = None
-        if live and len(idx) * len(live) <= DENSE_WORK:
-            member = (idx[:, None] == slots[None]).float()                         # [T, k]
-            if weight is not None:
-                member *= weight[:, None].float()
-        return cls(order, segs, weight, PaddedGroups.of(order, segs), slots, member)
+        return cls(order, segs, weight, PaddedGroups.of(order, segs), slots, len(segs) == 1 and bool(live))
 
     @property
     def slot_key(self) -> tuple:
@@ -218,14 +204,12 @@ class LoRATerm:
         rank = used_rank(self.segs, ranks)
         if rank == 0:
             return None
-        if self.member is None and self.padded is None:
+        if not self.single and self.padded is None:
             delta = lora_sgmv(x, A, B, scale, self.order, self.segs, ranks)
         else:
             a, b = (stack_slots(A, B, scale, self.slots, rank) if stacks is None else
                     stacks.get(A, B, scale, self.slots, self.slot_key, rank))
-            if self.member is not None:
-                return lora_dense(x, a, b, self.member)                             # weights in `member`
-            delta = lora_padded_stacked(x, a, b, self.padded)
+            delta = (x @ a.T) @ b if self.single else lora_padded_stacked(x, a, b, self.padded)
         return delta if self.weight is None else delta * self.weight[:, None].to(delta.dtype)
 
 

@@ -171,7 +171,17 @@ def _sampling(body: dict, max_tokens_field: str) -> SamplingParams:
         top_p=float(_num(body, "top_p", 1.0, MIN_TOP_P, 1.0)),
         top_k=_num(body, "top_k", 0, 0, 2**31, integer=True),
         seed=_num(body, "seed", None, -(2**63), 2**63 - 1, integer=True),
-        stop=_stop(body))
+        stop=_stop(body),
+        ignore_eos=_bool(body, "ignore_eos"))
+
+
+def _bool(body: dict, name: str) -> bool:
+    v = body.get(name, False)
+    if v is None:
+        return False
+    if not isinstance(v, bool):
+        raise BadRequestError(f"{name} must be true or false", param=name)
+    return v
 
 
 def _common(body: dict, max_tokens_field: str) -> tuple[str, SamplingParams, bool, bool]:

@@ -21,6 +21,7 @@ class SamplingParams:
     top_k: int = 0
     seed: int | None = None
     stop: tuple[str, ...] = field(default_factory=tuple)
+    ignore_eos: bool = False      # generate max_tokens whatever the model emits (benchmarks; vLLM's name)
 
     @property
     def greedy(self) -> bool:

@@ -17,9 +17,8 @@ def test_decoder_steps_equal_the_transformers_forward(arch, tmp_path):
     16-token sliding window is crossed."""
     engines = []
     for decoder in (False, True):
-        engine, _ = make_engine(arch, tmp_path / str(decoder), screen_head=False, speculate=3)
-        if decoder:
-            assert isinstance(install_decoder(engine.model), ServeDecoder)
+        engine, _ = make_engine(arch, tmp_path / str(decoder), screen_head=False, speculate=3, decoder=decoder)
+        assert isinstance(engine.model.model, ServeDecoder) == decoder
         for m, p in zip(["ad0", "tiny", "ad3", "ad5", "ad0", "ad7"], prompts(6, seed=3)):
             engine.submit("t", m, p, SamplingParams(30, temperature=0.0), Collector())
         engines.append(engine)
