@@ -308,7 +308,7 @@ def start_vllm(py: Path, assets: dict, base_path: Path, args, log_dir: Path):
            "--max-model-len", str(SLOT_CONTEXT), "--max-num-seqs", str(PARALLEL), "--enable-lora",
            "--max-loras", str(ADAPTERS), "--max-lora-rank", str(RANK), "--lora-modules",
            *[f"a{i}={ad}" for i, ad in enumerate(assets["adapters"])]]
-    env = {**thread_env(args.threads, port), "VLLM_CPU_KVCACHE_SPACE": "2", "VLLM_CPU_OMP_THREADS_BIND": "all",
+    env = {**thread_env(args.threads, port), "VLLM_CPU_KVCACHE_SPACE": "2", "VLLM_CPU_OMP_THREADS_BIND": "nobind",   # like the other engines: OMP_NUM_THREADS threads, no pinning
            "VLLM_TARGET_DEVICE": "cpu"}
     with server("vllm", cmd, env, log_dir, "/health", 900) as url:
         yield Endpoint("vllm", url, "base", lambda i: f"a{i}")
