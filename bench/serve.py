@@ -47,13 +47,15 @@ import workload  # noqa: E402
 from workload import Outcome, summarise  # noqa: E402
 
 
-def make_adapters(model, n: int, rank: int, out_dir: Path) -> list[str]:
+def make_adapters(model, n: int, rank: int, out_dir: Path, targets=("q_proj", "v_proj")) -> list[str]:
+    """n deterministic random adapters (adapter i from seed i) of `rank` on `targets`, saved in
+    PEFT's format under out_dir/ad{i} -> their paths."""
     from loraops.lora import Adapter, LoRAConfig, ModuleLoRA, save_adapter, select_targets
 
     paths = []
     for i in range(n):
         g = torch.Generator().manual_seed(i)
-        cfg = LoRAConfig(r=rank, alpha=2 * rank, target_modules=["q_proj", "v_proj"])
+        cfg = LoRAConfig(r=rank, alpha=2 * rank, target_modules=list(targets))
         mods = {p: ModuleLoRA(torch.randn(rank, model.get_submodule(p).in_features, generator=g) * 0.02,
                               torch.randn(model.get_submodule(p).out_features, rank, generator=g) * 0.02,
                               cfg.scale(rank, cfg.alpha)) for p in select_targets(model, cfg)}

@@ -23,6 +23,7 @@ class EngineConfig:
     speculate: int = 4            # n-gram draft tokens per greedy sequence and step (0: no speculation)
     speculate_step_tokens: int = 32  # drafts only while a step has at most this many tokens in all
     screen_head: bool = True      # greedy tokens: int8 logits screen, fp32 check (exact; head.py)
+    decoder: bool = True          # Llama / Gemma 3 layers through ServeDecoder (decoder.py); False: transformers'
 
 
 @dataclass

@@ -1,16 +1,21 @@
-"""The base model's fp32 linear layers, shaped for decode steps on CPU.
+"""The base model's fp32 linear layers in the engine, shaped for CPU decode steps.
 
-A decode step multiplies a few tokens (one per running sequence) by every weight matrix. torch's
-F.linear(x, W) = x @ Wᵀ hands that to MKL as an [T, in] x [in, out] sgemm, which on our AVX2
-machines runs these skinny shapes 1.5-2.6x slower than the same product asked for the other way
-round, (W @ xᵀ)ᵀ — and the 262k-row LM head a further ~2x slower unless it is done in row blocks
-whose weights stay in cache (measurements: docs/benchmarks.md, Serving). And MKL's time for
-W @ xᵀ steps up with the token count: 5-15 tokens cost as much as 16 or up to 1.6x more (10-12),
-17-31 as much as 32 or more — so above 4 tokens x is padded with zero rows to a multiple of 16.
-Prefill-sized steps (many tokens) are compute-bound and F.linear is as fast there, so the swap
-only applies up to `MAX_TOKENS`.
+A decode step multiplies a few tokens (one per running sequence) by every weight matrix.
 
-`linear_reference` is plain F.linear; tests compare `rows_first_linear` against it.
+- Body linears (`PackedLinear`): oneDNN's fp32 GEMM on a weight it has reordered once into its own
+  blocked layout (`torch.ops.mkldnn`, the kernels inductor's CPU backend calls for frozen linears).
+  On our AVX-512 machines it ran a decode step's 16-token linears 1.3-1.6x faster than MKL's sgemm
+  in either operand order, 3x faster at odd token counts (MKL's time steps up with the count:
+  10-12 tokens cost up to 1.6x as much as 16), and prefill sizes ~1.2x faster (bench/step.py,
+  docs/benchmarks.md). The dense weight is not kept: the packed copy replaces it.
+- The LM head (`DecodeLinear`): its weight is shared (tied to the embedding in most models, and
+  read by the greedy screen, head.py), so it keeps that dense weight and computes rows-first,
+  (W @ xᵀ)ᵀ, in row blocks whose weights stay in cache — MKL ran F.linear's x @ Wᵀ for these skinny
+  shapes 1.5-2.6x slower, the 262k-row head a further ~2x slower unblocked — with x padded with
+  zero rows to a multiple of 16 above 4 tokens (the staircase above). Prefill-sized steps use
+  F.linear, which is as fast there. Without oneDNN every linear takes this path.
+
+`linear_reference` is plain F.linear; tests compare both paths against it.
 """
 
 from __future__ import annotations
@@ -66,12 +71,39 @@ class DecodeLinear(nn.Module):
         return rows_first_linear(x, self.weight, self.bias, self.block)
 
 
+def onednn_available() -> bool:
+    return torch.backends.mkldnn.is_available()
+
+
+class PackedLinear(nn.Module):
+    """An fp32 nn.Linear computed by oneDNN on its weight reordered once (module docstring). It
+    holds the packed weight only; `dense_weight()` gives the plain [out, in] back (tests)."""
+
+    def __init__(self, linear: nn.Linear):
+        super().__init__()
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        with torch.no_grad():
+            self.packed = torch.ops.mkldnn._reorder_linear_weight(linear.weight.detach())   # opaque [out, in]
+        self.bias = None if linear.bias is None else linear.bias.detach()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: [..., in] -> [..., out]."""
+        return torch.ops.mkldnn._linear_pointwise(x.contiguous(), self.packed, self.bias, "none", [], "")
+
+    def dense_weight(self) -> torch.Tensor:
+        return self.packed.to_dense()
+
+
 def install_decode_linears(model: nn.Module) -> int:
-    """Swap every fp32 nn.Linear of `model` (the LM head included) for a DecodeLinear, in place.
-    Int8Linear and other layers are left alone. Returns how many were swapped."""
+    """Swap every fp32 nn.Linear of `model` in place: the body's for PackedLinear (DecodeLinear
+    without oneDNN), the LM head for DecodeLinear. Int8Linear and other layers are left alone.
+    Returns how many were swapped."""
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    packed = onednn_available()
     swapped = 0
     for path, module in list(model.named_modules()):
         if type(module) is nn.Linear and module.weight.dtype == torch.float32:
-            set_submodule(model, path, DecodeLinear(module))
+            layer = PackedLinear(module) if packed and module is not head else DecodeLinear(module)
+            set_submodule(model, path, layer)
             swapped += 1
     return swapped

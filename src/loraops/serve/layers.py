@@ -13,7 +13,7 @@ from torch import nn
 from loraops.lora import LoRAConfig, select_targets
 from loraops.lora.config import ALL_LINEAR
 from loraops.lora.inject import set_submodule
-from loraops.serve.lora_kernels import lora_terms
+from loraops.serve.lora_kernels import StackCache, lora_terms
 from loraops.serve.slots import SlotPool, SlotTensors
 
 
@@ -22,6 +22,7 @@ class MultiLoRALinear(nn.Module):
         super().__init__()
         self.base = base
         self.slots = slots
+        self.stacks = StackCache()                           # this module's stacked slots in use
         self.serve_ctx = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -32,7 +33,7 @@ class MultiLoRALinear(nn.Module):
         s = self.slots
         x2 = x.reshape(-1, x.shape[-1])                      # [T, in]
         # Terms where no token's adapter has weights on this module cost nothing.
-        delta = lora_terms(x2.to(s.A.dtype), s.A, s.B, s.scale, ctx.terms, s.ranks)
+        delta = lora_terms(x2.to(s.A.dtype), s.A, s.B, s.scale, ctx.terms, s.ranks, self.stacks)
         return y if delta is None else y + delta.view(y.shape).to(y.dtype)
 
 

@@ -15,6 +15,15 @@ among them (a slot of rank r < r_max is zero beyond r):
 - `lora_sgmv`: one matmul pair per slot. For lopsided batches — one sequence's long prompt next
   to other sequences' single decode tokens — where padding every group to the longest would
   multiply the work.
+- one slot for every token (batch 1, or a batch all on one adapter): two plain matmuls on the
+  slot's weights, no gather or scatter. (Not for mixed steps: a token multiplied by another slot's
+  weights, even masked to zero, would take in that adapter's NaN or inf — one tenant's bad adapter
+  must stay in its own rows.)
+
+The padded and single-slot paths read the slots' A and B stacked (`stack_slots`: the slots in use, cut to
+the rank in use, B transposed with the slot's scale folded in). A step's set of adapters changes far
+less often than every step, so each layer keeps its last stacks (`StackCache`) until the pool's
+tensors change; gathering them anew in every layer of every step was half of the LoRA time.
 
 A composed request ("a:0.7+b:0.3") gives its tokens several gathered terms: term j has its own
 slot per token and a per-token weight, and `lora_terms` sums them:
@@ -24,6 +33,7 @@ slot per token and a per-token weight, and `lora_terms` sums them:
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import torch
@@ -110,20 +120,57 @@ class PaddedGroups:
         return cls(torch.tensor([s for s, _, _ in live]), width, gather, valid, tokens)
 
 
+def stack_slots(A: torch.Tensor, B: torch.Tensor, scale: torch.Tensor, slots: torch.Tensor,
+                rank: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The k `slots`' weights, cut to `rank` (all when None), stacked for the padded and single-slot paths.
+    A: [N, r_max, in], B: [N, out, r_max], scale: [N], slots: [k]
+    -> a: [k * r, in] (slot j's rows at j*r:(j+1)*r), b: [k * r, out] (scale[s] · B[s, :, :r]ᵀ)."""
+    r = A.shape[1] if rank is None else rank
+    k = len(slots)
+    a = A.index_select(0, slots)[:, :r].reshape(k * r, A.shape[2])
+    b = B.index_select(0, slots)[:, :, :r] * scale.index_select(0, slots).view(k, 1, 1)    # [k, out, r]
+    return a, b.transpose(1, 2).reshape(k * r, B.shape[1])
+
+
 def lora_padded(x: torch.Tensor, A: torch.Tensor, B: torch.Tensor, scale: torch.Tensor,
                 groups: PaddedGroups, rank: int | None = None) -> torch.Tensor:
     """Same result as `lora_reference(x, A, B, scale, idx)` for the idx that `groups` was built
     from, using only the first `rank` columns of A/B (all when None). x: [T, in] -> delta: [T, out]."""
+    return lora_padded_stacked(x, *stack_slots(A, B, scale, groups.slots, rank), groups)
+
+
+def lora_padded_stacked(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, groups: PaddedGroups) -> torch.Tensor:
+    """`lora_padded` on the groups' slots stacked by `stack_slots` (a: [k * r, in], b: [k * r, out]).
+    x: [T, in] -> delta: [T, out]."""
     k, width = len(groups.slots), groups.width
-    r = A.shape[1] if rank is None else rank
-    xs = x.index_select(0, groups.gather).view(k, width, x.shape[1])            # [k, L, in]
-    a = A.index_select(0, groups.slots)[:, :r]                                   # [k, r, in]
-    h = torch.bmm(xs, a.transpose(1, 2))                                         # [k, L, r]
-    h.mul_(scale.index_select(0, groups.slots).view(k, 1, 1))
-    b = B.index_select(0, groups.slots)[:, :, :r]                                # [k, out, r]
-    y = torch.bmm(h, b.transpose(1, 2)).view(k * width, B.shape[1])              # [k * L, out]
-    out = x.new_zeros(x.shape[0], B.shape[1])
+    r = a.shape[0] // k
+    xs = x.index_select(0, groups.gather).view(k, width, x.shape[1])               # [k, L, in]
+    h = torch.bmm(xs, a.view(k, r, -1).transpose(1, 2))                            # [k, L, r]
+    y = torch.bmm(h, b.view(k, r, -1)).view(k * width, b.shape[1])                  # [k * L, out]
+    out = x.new_zeros(x.shape[0], b.shape[1])
     return out.index_add_(0, groups.tokens, y.index_select(0, groups.valid))
+
+
+class StackCache:
+    """One module's recent `stack_slots` results, valid while the pool's A, B and scale are unchanged
+    (their version counters: every write to a slot bumps them). Bounded: `size` entries, each at
+    most the pool tensors' size."""
+
+    def __init__(self, size: int = 2):
+        self.size = size
+        self._entries: OrderedDict = OrderedDict()
+
+    def get(self, A: torch.Tensor, B: torch.Tensor, scale: torch.Tensor, slots: torch.Tensor, slot_key: tuple,
+            rank: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+        key = (slot_key, rank, A._version, B._version, scale._version)
+        hit = self._entries.get(key)
+        if hit is None:
+            hit = self._entries[key] = stack_slots(A, B, scale, slots, rank)
+            while len(self._entries) > self.size:
+                self._entries.popitem(last=False)
+        else:
+            self._entries.move_to_end(key)
+        return hit
 
 
 @dataclass(frozen=True)
@@ -134,34 +181,46 @@ class LoRATerm:
     segs: list[tuple[int, int, int]]       # (slot, start, end) in that order
     weight: torch.Tensor | None = None     # [T] per-token weight; None: 1 for every token
     padded: PaddedGroups | None = None     # the layout for lora_padded; None: use lora_sgmv
+    slots: torch.Tensor | None = None      # [k] the real slots in use (None: none)
+    single: bool = False                   # every token uses slots[0]: two plain matmuls
 
     @classmethod
     def of(cls, idx: torch.Tensor, weight: torch.Tensor | None = None) -> LoRATerm:
         """idx: [T] slot per token (0: none), weight: [T] or None."""
         order, segs = segments(idx)
-        return cls(order, segs, weight, PaddedGroups.of(order, segs))
+        live = [s for s, _, _ in segs if s != 0]
+        slots = torch.tensor(live) if live else None
+        return cls(order, segs, weight, PaddedGroups.of(order, segs), slots, len(segs) == 1 and bool(live))
+
+    @property
+    def slot_key(self) -> tuple:
+        return tuple(s for s, _, _ in self.segs if s != 0)
 
     def delta(self, x: torch.Tensor, A: torch.Tensor, B: torch.Tensor, scale: torch.Tensor,
-              ranks: list[int] | None = None) -> torch.Tensor | None:
+              ranks: list[int] | None = None, stacks: StackCache | None = None) -> torch.Tensor | None:
         """This term's weighted delta for x: [T, in] -> [T, out]; None if no token's slot has
-        weights for this module (ranks as in `lora_sgmv`)."""
+        weights for this module (ranks as in `lora_sgmv`). `stacks`: the module's StackCache (the
+        stacked slots are recomputed without one)."""
         rank = used_rank(self.segs, ranks)
         if rank == 0:
             return None
-        if self.padded is not None:
-            delta = lora_padded(x, A, B, scale, self.padded, rank)
-        else:
+        if not self.single and self.padded is None:
             delta = lora_sgmv(x, A, B, scale, self.order, self.segs, ranks)
+        else:
+            a, b = (stack_slots(A, B, scale, self.slots, rank) if stacks is None else
+                    stacks.get(A, B, scale, self.slots, self.slot_key, rank))
+            delta = (x @ a.T) @ b if self.single else lora_padded_stacked(x, a, b, self.padded)
         return delta if self.weight is None else delta * self.weight[:, None].to(delta.dtype)
 
 
 def lora_terms(x: torch.Tensor, A: torch.Tensor, B: torch.Tensor, scale: torch.Tensor,
-               terms: list[LoRATerm], ranks: list[int] | None = None) -> torch.Tensor | None:
+               terms: list[LoRATerm], ranks: list[int] | None = None,
+               stacks: StackCache | None = None) -> torch.Tensor | None:
     """Σ_j term_j.delta(x, ...), which equals Σ_j weight_j[:, None] · lora_reference(x, A, B,
     scale, idx_j). x: [T, in] -> delta: [T, out]; None when no term touches this module."""
     out = None
     for t in terms:
-        delta = t.delta(x, A, B, scale, ranks)
+        delta = t.delta(x, A, B, scale, ranks, stacks)
         if delta is not None:
             out = delta if out is None else out + delta
     return out

@@ -95,7 +95,7 @@ class Postprocessor:
         if seq.drafter is not None:
             seq.drafter.extend([token])
         finish = None
-        if token in self.eos_ids:
+        if token in self.eos_ids and not seq.params.ignore_eos:
             text, finish = seq.stream.flush(), "stop"
         else:
             text = seq.stream.push(token)

@@ -220,7 +220,8 @@ def _sampling(body: dict, max_tokens_field: str, min_tokens: int = 1) -> Samplin
         logit_bias=_logit_bias(body),
         presence_penalty=float(_num(body, "presence_penalty", 0.0, -2.0, 2.0)),
         frequency_penalty=float(_num(body, "frequency_penalty", 0.0, -2.0, 2.0)),
-        repetition_penalty=float(_num(body, "repetition_penalty", 1.0, 0.01, 10.0)))
+        repetition_penalty=float(_num(body, "repetition_penalty", 1.0, 0.01, 10.0)),
+        ignore_eos=_bool(body, "ignore_eos"))
 
 
 def _common(body: dict, max_tokens_field: str, table: dict[str, tuple],

@@ -27,6 +27,7 @@ from torch import nn
 from loraops.serve import kv
 from loraops.serve.config import EngineConfig
 from loraops.serve.context import ForwardContext, ScoreRows, SeqSpan
+from loraops.serve.decoder import install_decoder
 from loraops.serve.errors import InternalError, NonFiniteOutputError, ServeError
 from loraops.serve.gemm import install_decode_linears
 from loraops.serve.head import Scores, install_head
@@ -127,6 +128,7 @@ class ModelRunner:
         model.set_attn_implementation(kv.ATTN_NAME)
         self.attn_modules = [m for m in model.modules()
                              if hasattr(m, "layer_idx") and type(m).__name__.endswith("Attention")]
+        self.decoder = install_decoder(model) if config.decoder else None   # last: it calls the modules above
         mc = model.config.get_text_config()
         head_dim = getattr(mc, "head_dim", None) or mc.hidden_size // mc.num_attention_heads
         kv_heads = getattr(mc, "num_key_value_heads", None) or mc.num_attention_heads

@@ -36,6 +36,7 @@ class SamplingParams:
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
     repetition_penalty: float = 1.0      # extension (HF / CTRL); 1: off
+    ignore_eos: bool = False      # generate max_tokens whatever the model emits (benchmarks; vLLM's name)
 
     @property
     def greedy(self) -> bool:

@@ -66,6 +66,8 @@ class _Request(BaseModel):
     top_p: float | None = Field(None, ge=MIN_TOP_P, le=1)
     top_k: int | None = Field(None, ge=0, description="Extension: keep the k most likely tokens (0: all)")
     seed: int | None = Field(None, ge=-(2**63), le=2**63 - 1)
+    ignore_eos: bool | None = Field(False, description="Extension (as vLLM and llama.cpp): end-of-sequence "
+                                                       "tokens do not end the completion; max_tokens does")
     stop: Stop | None = Field(None, description=f"At most {MAX_STOP} strings of at most {MAX_STOP_CHARS} "
                                                 f"characters; never emitted")
     stream: bool | None = False

@@ -5,8 +5,9 @@ import torch
 from torch import nn
 
 from loraops.lora import LoRAConfig, LoRALinear, inject, lora_modules, trainable_parameters
-from loraops.models.quantize import (Int8Linear, calibrate, int8_linear_reference, is_quantized,
-                                     quantize_for_inference_, quantize_int8_)
+from loraops.models.quantize import (WEIGHT_ONLY_LAYERS, Int8Linear, calibrate, full_range_activations,
+                                     int8_linear_reference, is_quantized, quantize_for_inference_, quantize_int8_,
+                                     smoothing)
 from tiny import input_ids, tiny_gemma3, tiny_llama, tiny_tokenizer
 
 
@@ -16,14 +17,16 @@ def _linear(seed=0, i=64, o=48):
 
 
 def _assert_matches_reference(q: Int8Linear, x: torch.Tensor) -> None:
+    levels = 255 if q.full_range else 127
     ref = int8_linear_reference(x, *q.int8_weight(), q.bias, q.outliers,
-                                None if q.outliers is None else q.w_outliers_t.T)
-    # After per-token scaling each row's absmax element sits on a half step of the 7-bit grid, which
-    # fbgemm and the reference may round to neighbouring levels: at most one level of one element
-    # per row, i.e. |diff[t, o]| <= step_t * max_j |W[o, j]| (over the quantized channels).
+                                None if q.outliers is None else q.w_outliers_t.T, q.smooth, levels)
+    # After per-token scaling each row's absmax element sits on a half step of the activation grid,
+    # which fbgemm and the reference may round to neighbouring levels: at most one level of one
+    # element per row, i.e. |diff[t, o]| <= step_t * max_j |W[o, j]| (over the quantized channels).
     xq = x if q.outliers is None else x.index_fill(-1, q.outliers, 0.0)
+    xq = xq if q.smooth is None else xq / q.smooth
     qw, scale = q.int8_weight()
-    step = xq.abs().amax(-1, keepdim=True) * 2 / 127                      # [T, 1]
+    step = xq.abs().amax(-1, keepdim=True) * 2 / levels                   # [T, 1]
     bound = step * (qw.float() * scale[:, None]).abs().amax(1)[None, :]   # [T, out]
     assert ((q(x) - ref).abs() <= 1.01 * bound + 1e-5).all()
     assert ((q(x) - ref).norm() / ref.norm()).item() < 1e-2
@@ -41,6 +44,32 @@ def test_int8_kernel_with_outlier_channels_matches_reference():
     _assert_matches_reference(q, x)
     qw, _ = q.int8_weight()
     assert (qw[:, outliers] == 0).all()                                    # held in fp32 instead
+
+
+def test_smoothed_kernel_matches_reference_at_7_and_8_bits():
+    lin = _linear()
+    x = torch.randn(2, 7, 64)
+    x[..., [3, 40]] *= 30.0
+    s = smoothing(x.abs().reshape(-1, 64).amax(0), lin.weight)
+    for full in ((False, True) if full_range_activations() else (False,)):
+        q = Int8Linear(lin, smooth=s, full_range=full)
+        _assert_matches_reference(q, x)
+        _, scale = q.int8_weight()                     # W·s rounded per row: half a step, undone by s
+        bound = scale[:, None] / 2 / s[None, :]
+        assert ((q.dequantize_weight() - lin.weight.detach()).abs() <= bound * 1.001 + 1e-7).all()
+
+
+def test_smoothing_keeps_large_channels_from_wrecking_the_rest():
+    """A few input channels ~30x the others in every token: per-token 8-bit quantization sizes its
+    grid to them; moving half their range into the weights (SmoothQuant) keeps the product accurate."""
+    lin = _linear()
+    x = torch.randn(16, 64)
+    x[:, [5, 30]] *= 30.0
+    exact = lin(x)
+    err = lambda q: ((q(x) - exact).norm() / exact.norm()).item()  # noqa: E731
+    plain = err(Int8Linear(lin))
+    smoothed = err(Int8Linear(lin, smooth=smoothing(x.abs().amax(0), lin.weight)))
+    assert smoothed < plain / 2
 
 
 def test_outlier_channels_in_fp32_keep_the_other_channels_accurate():
@@ -136,14 +165,21 @@ def test_calibration_picks_the_largest_input_channels():
     assert set(head.outliers.tolist()) == set(stats["lm_head"].topk(4).indices.tolist())
 
 
-def test_quantize_for_inference_is_a_weight_only_body_and_a_calibrated_w8a8_head():
+def test_quantize_for_inference_is_a_smoothed_w8a8_body_and_a_calibrated_w8a8_head():
+    """The body W8A8 and smoothed (8-bit activations with VNNI), down_proj weight-only; the head
+    W8A8 with fp32 outlier channels."""
     for build in (tiny_llama, tiny_gemma3):
         ref, model = build(), build()
         paths = quantize_for_inference_(model, tiny_tokenizer())
-        body = [m for p, m in model.named_modules() if isinstance(m, Int8Linear) and p != "lm_head"]
+        body = {p: m for p, m in model.named_modules() if isinstance(m, Int8Linear) and p != "lm_head"}
         head = model.get_output_embeddings()
-        assert "lm_head" in paths and body and all(m.weight_only and m.outliers is None for m in body)
-        assert not head.weight_only and head.outliers is not None
+        assert "lm_head" in paths and body and all(m.outliers is None for m in body.values())
+        for p, m in body.items():
+            if p.endswith(WEIGHT_ONLY_LAYERS):
+                assert m.weight_only
+            else:
+                assert not m.weight_only and m.smooth is not None and m.full_range == full_range_activations()
+        assert not head.weight_only and head.outliers is not None and head.smooth is None
         with torch.no_grad():
             a, b = ref(input_ids=input_ids()).logits, model(input_ids=input_ids()).logits
         assert torch.nn.functional.cosine_similarity(a.flatten(), b.flatten(), dim=0).item() > 0.99

@@ -146,6 +146,23 @@ def test_kv_budget_queues_requests_beyond_capacity(tmp_path):
     assert engine.cache.used_blocks == 0
 
 
+def test_ignore_eos_generates_max_tokens_past_the_end_of_sequence(tmp_path):
+    """The model's 3rd greedy token made an end-of-sequence id: a plain request stops there
+    ("stop", 3 tokens); one with ignore_eos goes on to max_tokens ("length"), the same tokens."""
+    engine, _ = make_engine("llama", tmp_path, n_adapters=1)
+    first = Collector()
+    engine.submit("t", "ad0", [5, 6, 7], SamplingParams(8, temperature=0.0), first)
+    engine.run_until_idle()
+    engine.eos_ids.add(first.tokens[2])
+    plain, ignoring = Collector(), Collector()
+    engine.submit("t", "ad0", [5, 6, 7], SamplingParams(8, temperature=0.0), plain)
+    engine.submit("t", "ad0", [5, 6, 7], SamplingParams(8, temperature=0.0, ignore_eos=True), ignoring)
+    engine.run_until_idle()
+    assert first.tokens[2] not in first.tokens[:2]
+    assert (plain.done.finish_reason, plain.tokens) == ("stop", first.tokens[:3])
+    assert (ignoring.done.finish_reason, ignoring.tokens) == ("length", first.tokens)
+
+
 def test_cancelled_request_leaves_the_batch_and_frees_its_cache(tmp_path):
     engine, _ = make_engine("llama", tmp_path, n_adapters=1)
     c = Collector()

@@ -100,5 +100,6 @@ def test_padded_attention_never_reads_another_sequences_keys():
     mod.serve_ctx = ForwardContext.build(torch.zeros(2, dtype=torch.long), spans, cache)
     q, k, v = torch.ones(1, 1, 2, 4), torch.ones(1, 1, 2, 4), torch.full((1, 1, 2, 4), 2.0)
     out = paged_attention(mod, q, k, v)[0]
-    assert torch.equal(out, torch.full((1, 2, 1, 4), 2.0))
+    assert torch.isfinite(out).all()
+    torch.testing.assert_close(out, torch.full((1, 2, 1, 4), 2.0))      # equal up to the softmax's rounding
     assert torch.equal(cache.k[0][cache.null_slot], torch.zeros(1, 4))

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from loraops.serve.lora_kernels import (PAD_SLACK, LoRATerm, PaddedGroups, lora_padded, lora_reference, lora_sgmv,
-                                        segments)
+from loraops.serve.lora_kernels import (PAD_SLACK, LoRATerm, PaddedGroups, StackCache, lora_padded, lora_reference,
+                                        lora_sgmv, segments)
 
 
 def _weights(n=5, r=4, d_in=12, d_out=10, seed=0):
@@ -99,3 +99,36 @@ def test_a_long_prompt_beside_decode_tokens_takes_the_segment_loop():
     x = torch.randn(len(idx), 12)
     torch.testing.assert_close(term.delta(x, A, B, scale), lora_reference(x, A, B, scale, idx))
     assert LoRATerm.of(torch.tensor([1] * 40 + [2, 3, 4])).padded is not None
+
+
+def test_one_slot_for_every_token_takes_two_plain_matmuls():
+    """Batch 1 and a batch all on one adapter, with and without term weights (compositions);
+    a step that mixes slots or has base tokens does not take that path (a bad adapter's NaN
+    would reach rows that do not use it)."""
+    A, B, scale = _weights()
+    for idx in (torch.tensor([3]), torch.tensor([2, 2, 2, 2, 2])):
+        term = LoRATerm.of(idx)
+        assert term.single
+        x = torch.randn(len(idx), 12)
+        torch.testing.assert_close(term.delta(x, A, B, scale), lora_reference(x, A, B, scale, idx))
+        w = torch.rand(len(idx)) + 0.5
+        torch.testing.assert_close(LoRATerm.of(idx, w).delta(x, A, B, scale),
+                                   w[:, None] * lora_reference(x, A, B, scale, idx))
+    assert not LoRATerm.of(torch.tensor([2, 0, 2])).single and not LoRATerm.of(torch.tensor([2, 1])).single
+
+
+def test_stacked_slots_are_reused_until_the_pool_writes():
+    """A module's StackCache serves the same stacks step after step, and recomputes them once a
+    slot's weights change (as SlotPool writes them: in place)."""
+    A, B, scale = _weights()
+    cache = StackCache()
+    idx = torch.tensor([1, 2, 2, 4, 1, 1, 0, 2, 4, 4, 1, 2, 2, 4, 1, 1, 2])
+    term = LoRATerm.of(idx)
+    x = torch.randn(len(idx), 12)
+    first = term.delta(x, A, B, scale, stacks=cache)
+    assert torch.equal(term.delta(x, A, B, scale, stacks=cache), first)
+    assert len(cache._entries) == 1
+    A[2].copy_(torch.randn(4, 12))                          # a new adapter in slot 2
+    B[2, :, :2].zero_()
+    scale[4] = 3.0
+    torch.testing.assert_close(term.delta(x, A, B, scale, stacks=cache), lora_reference(x, A, B, scale, idx))

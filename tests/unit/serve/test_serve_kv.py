@@ -70,17 +70,22 @@ def test_sliding_window_masks_old_keys():
     torch.testing.assert_close(out[0], want[0].transpose(0, 1))
 
 
-@pytest.mark.parametrize("window,softcap", [(None, None), (4, None), (None, 30.0), (3, 20.0)])
-def test_batched_short_span_attention_equals_per_sequence_reference(window, softcap):
+@pytest.mark.parametrize("window,softcap,Hkv", [(None, None, 2), (4, None, 2), (None, 30.0, 2), (3, 20.0, 2),
+                                                (None, None, 1), (3, None, 1), (None, None, 4)])
+@pytest.mark.parametrize("case", ["mixed", "decode", "one"])
+def test_batched_short_span_attention_equals_per_sequence_reference(window, softcap, Hkv, case):
     """A step mixing decode tokens, decode tokens with speculative drafts (several new tokens after a
     history) and prompts, over sequences of different lengths: the fast path (one padded batch for
     every span of up to BATCHED_SPAN tokens, the long prompt alone) gives the per-sequence
-    reference's output and cache."""
+    reference's output and cache. Also a step of decode tokens only (one per sequence) and of a
+    single decoding sequence, with one, two or four key heads for four query heads."""
     torch.manual_seed(2)
-    H, Hkv, D = 4, 2, 8
+    H, D = 4, 8
     cache = BlockKVCache(1, Hkv, D, max_tokens=256, block_size=4)
     history = {1: 9, 2: 3, 3: 14, 4: 0, 5: 1, 6: 0, 7: 5}   # tokens already cached; 0 = a new prompt
     prompt = {4: BATCHED_SPAN + 3, 6: 2, 1: 4, 7: BATCHED_SPAN}   # new tokens (default 1)
+    if case != "mixed":
+        history, prompt = ({1: 9, 2: 3, 3: 14, 5: 1, 7: 5} if case == "decode" else {3: 14}), {}
     spans, lo = [], 0
     for sid, n in history.items():
         cache.reserve(sid, n + 16)
@@ -101,5 +106,8 @@ def test_batched_short_span_attention_equals_per_sequence_reference(window, soft
     torch.testing.assert_close(cache.k[0], ref_cache.k[0])
     torch.testing.assert_close(cache.v[0], ref_cache.v[0])
     plan = mod.serve_ctx.attn_plan
+    if case != "mixed":
+        assert plan.short_rows.shape == (len(history), 1) and not plan.prefill
+        return
     assert plan.short_rows.shape == (6, BATCHED_SPAN) and len(plan.prefill) == 1
     assert plan.short_valid.sum() == 1 + 1 + 1 + 2 + 4 + BATCHED_SPAN

@@ -11,7 +11,8 @@ def test_completion_defaults_and_fields():
                           "seed": 3, "top_k": 4, "stream": True, "stream_options": {"include_usage": True}})
     assert (r.prompt, r.params.max_tokens, r.params.greedy, r.params.stop, r.params.seed, r.params.top_k) == \
         ("hi", 5, True, ("x",), 3, 4)
-    assert r.stream and r.include_usage and r.schema is None
+    assert r.stream and r.include_usage and r.schema is None and not r.params.ignore_eos
+    assert parse_completion({"model": "m", "prompt": "x", "ignore_eos": True}).params.ignore_eos
 
 
 def test_chat_accepts_max_completion_tokens_text_parts_and_developer_role():
@@ -37,6 +38,7 @@ def test_json_object_response_format_becomes_an_object_schema():
     ({"model": "m", "prompt": "x", "stop": ["a"] * 5}, "stop"),
     ({"model": "m", "prompt": [True]}, "prompt"),
     ({"model": "m", "prompt": "x", "stream_options": 3}, "stream_options"),
+    ({"model": "m", "prompt": "x", "ignore_eos": "yes"}, "ignore_eos"),
     ({"model": "m", "prompt": "x", "response_format": {"type": "xml"}}, "response_format"),
 ])
 def test_bad_completion_fields_name_their_param(body, param):
