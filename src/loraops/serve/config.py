@@ -26,6 +26,19 @@ class EngineConfig:
 
 
 @dataclass
+class ClusterOptions:
+    """`loraops serve --ray`: the engine as Ray Serve replicas behind an ingress (serve/cluster/)."""
+
+    replicas: int = 2                     # engine replicas, each with the base and its own slot pool
+    address: str | None = None            # None: a Ray instance on this machine only; "auto" / HOST:PORT: join
+    threads_per_replica: int = 2          # torch threads in each engine replica
+    replica_cpus: float | None = None     # Ray CPUs reserved per engine replica; None: threads_per_replica
+    ingress_replicas: int = 1             # HTTP ingress replicas (auth, limits, tokenizing, routing)
+    ingress_cpus: float = 0.5
+    view_s: float = 1.0                   # how often each ingress refreshes its view of the replicas
+
+
+@dataclass
 class ServeOptions:
     base: str
     adapters: dict[str, str] = field(default_factory=dict)     # name -> directory
@@ -39,6 +52,7 @@ class ServeOptions:
     threads: int | None = None            # torch threads; None: torch's default
     quantize: str | None = None           # "int8": int8 base linears (models/quantize.py), LoRA in fp32
     engine: EngineConfig = field(default_factory=EngineConfig)
+    cluster: ClusterOptions | None = None  # --ray: scale out on Ray Serve
 
 
 def check_options(opts: ServeOptions) -> None:
@@ -52,6 +66,8 @@ def check_options(opts: ServeOptions) -> None:
         raise ConfigError(f"--quantize {opts.quantize!r}: only int8 is supported")
     if opts.threads is not None and opts.threads < 1:
         raise ConfigError("--threads must be >= 1")
+    if opts.cluster is not None:
+        _check_cluster(opts)
     e = opts.engine
     for name in ("max_slots", "max_rank", "max_batch", "max_kv_tokens", "max_queue", "max_tokens_cap"):
         if getattr(e, name) < 1:
@@ -62,3 +78,16 @@ def check_options(opts: ServeOptions) -> None:
         raise ConfigError("--speculate-step-tokens must be >= 0")
 
 
+def _check_cluster(opts: ServeOptions) -> None:
+    c = opts.cluster
+    if opts.threads is not None:
+        raise ConfigError("--threads sets the single-process server's threads; with --ray use --threads-per-replica")
+    for name in ("replicas", "threads_per_replica", "ingress_replicas"):
+        if getattr(c, name) < 1:
+            raise ConfigError(f"--{name.replace('_', '-')} must be >= 1")
+    if c.replica_cpus is not None and not c.replica_cpus > 0:
+        raise ConfigError("--replica-cpus must be > 0")
+    if not c.ingress_cpus > 0:
+        raise ConfigError("--ingress-cpus must be > 0")
+    if not c.view_s > 0:
+        raise ConfigError("the replica view interval must be > 0")

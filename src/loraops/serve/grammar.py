@@ -104,6 +104,7 @@ class RowConstraint:
         import llguidance.torch as llt
 
         self._llt = llt
+        self.grammar = grammar            # what a remote engine replica rebuilds this row from (serve/cluster/)
         self.matcher = llguidance.LLMatcher(_ll_tokenizer(tokenizer, n_vocab), grammar.source)
         self.bitmask = llt.allocate_token_bitmask(1, n_vocab)
 

@@ -104,9 +104,32 @@ class RegistryWatcher:
         self.registry.close()
 
 
+def make_engine(opts: ServeOptions, metrics, adapters: dict[str, tuple[str, bool]] | None = None):
+    """-> (engine, registry watcher or None), not started: the base loaded once (int8 if asked), the
+    command-line adapters and `adapters` (name -> (path, force)) registered. The single-process
+    server and every engine replica of `--ray` (serve/cluster/replica.py) are built by this."""
+    from loraops.models import load_base
+
+    base = load_base(opts.base)
+    if opts.quantize == "int8":
+        from loraops.models.quantize import quantize_for_inference_
+
+        log.info("int8: quantized %d linear layers (LoRA stays fp32)",
+                 len(quantize_for_inference_(base.model, base.tokenizer)))
+    engine = Engine(base, opts.engine, metrics)
+    wanted = {name: (path, False) for name, path in opts.adapters.items()} | (adapters or {})
+    for name, (path, force) in wanted.items():
+        try:
+            engine.add_adapter(name, path, force)
+            log.info("adapter %s loaded from %s", name, path)
+        except Exception as e:                             # one bad adapter must not stop the server
+            log.error("adapter %s not loaded: %s", name, e, exc_info=not isinstance(e, LoraOpsError))
+    watcher = RegistryWatcher(engine, opts.registry_poll_s) if opts.registry else None
+    return engine, watcher
+
+
 def build(opts: ServeOptions):
     """-> (app, engine, watcher or None). Loads the base once and the command-line adapters."""
-    from loraops.models import load_base
     from loraops.serve.api import AppState, create_app
     from loraops.serve.metrics import ServeMetrics
     from loraops.serve.tenancy import Tenants
@@ -120,25 +143,12 @@ def build(opts: ServeOptions):
     if tenants is None:
         log.warning("--insecure-no-auth: every client can use every model; do not expose this server")
     metrics = ServeMetrics()
-    base = load_base(opts.base)
-    if opts.quantize == "int8":
-        from loraops.models.quantize import quantize_for_inference_
-
-        log.info("int8: quantized %d linear layers (LoRA stays fp32)",
-                 len(quantize_for_inference_(base.model, base.tokenizer)))
-    engine = Engine(base, opts.engine, metrics)
-    for name, path in opts.adapters.items():
-        try:
-            engine.add_adapter(name, path)
-            log.info("adapter %s loaded from %s", name, path)
-        except Exception as e:                             # one bad adapter must not stop the server
-            log.error("adapter %s not loaded: %s", name, e, exc_info=not isinstance(e, LoraOpsError))
-    watcher = RegistryWatcher(engine, opts.registry_poll_s) if opts.registry else None
+    engine, watcher = make_engine(opts, metrics)
     admin_key = opts.admin_key or os.environ.get("LORAOPS_ADMIN_KEY") or None
     app = create_app(AppState(engine, tenants, admin_key, metrics,
                               pin_version=watcher.pin if watcher is not None else None))
     if opts.registry:
-        mount_dashboard(app, admin_key, metrics, base.info.name)
+        mount_dashboard(app, admin_key, metrics, engine.base.info.name)
     return app, engine, watcher
 
 
