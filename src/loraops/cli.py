@@ -96,13 +96,21 @@ def data_curate(
 
 @app.command("train")
 def train_cmd(
-    base: str = typer.Option("gemma-3-270m", help="Known name, HF model dir or .gguf file."),
-    data: Path = typer.Option(..., help="Curated dir (train.jsonl, val.jsonl) or one .jsonl file."),
+    base: str = typer.Option("gemma-3-270m", help="Known name, HF model dir or .gguf file; for --task "
+                                                  "classification an encoder dir (BERT/RoBERTa/DeBERTa), for "
+                                                  "--task diffusion a diffusers pipeline dir."),
+    data: Path = typer.Option(..., help="Curated dir (train.jsonl, val.jsonl) or one .jsonl file; for --task "
+                                        "diffusion a folder of images with captions."),
     out_dir: Path = typer.Option(..., "--out", help="Run dir: adapter/, checkpoints/, metrics.jsonl."),
+    task: str = typer.Option("lm", help="lm (prompt/completion or text) | classification ({\"text\", \"label\"}) "
+                                        "| diffusion (images + captions, ε-prediction)."),
     rank: int = typer.Option(8, help="LoRA rank r."),
     alpha: float = typer.Option(16.0, help="LoRA alpha (scale = alpha/r, or alpha/sqrt(r) with --use-rslora)."),
     dropout: float = typer.Option(0.0, help="Dropout on the LoRA input."),
-    targets: str = typer.Option("all-linear", help="all-linear, a comma list (q_proj,v_proj) or a regex."),
+    targets: Optional[str] = typer.Option(None, help="all-linear, a comma list (q_proj,v_proj) or a regex. Default: "
+                                                     "all-linear; for diffusion to_q,to_k,to_v,to_out.0 (add "
+                                                     "conv1,conv2 for conv LoRA, q_proj,v_proj for the text "
+                                                     "encoder)."),
     max_steps: Optional[int] = typer.Option(None, help="Optimizer steps (overrides --epochs)."),
     epochs: int = typer.Option(1, help="Passes over the training data."),
     batch_size: int = typer.Option(8, help="Packed rows per micro-batch (all processes together)."),
@@ -127,25 +135,30 @@ def train_cmd(
     max_bad_steps: int = typer.Option(5, help="Stop after N non-finite steps in a row."),
     use_dora: bool = typer.Option(False, "--use-dora", help="DoRA (weight-decomposed LoRA)."),
     use_rslora: bool = typer.Option(False, "--use-rslora", help="Rank-stabilised scale alpha/sqrt(r)."),
-    val_fraction: float = typer.Option(0.05, help="Val share split off a single .jsonl file."),
+    val_fraction: float = typer.Option(0.05, help="Val share split off a single .jsonl file (or image folder)."),
+    class_weights: Optional[str] = typer.Option(None, help="Classification: 'balanced' or LABEL=WEIGHT,... "
+                                                           "(loss weights; default all 1)."),
+    resolution: int = typer.Option(512, help="Diffusion: images are resized and center-cropped to this square."),
     progress: bool = typer.Option(True, help="Show the progress bar."),
 ) -> None:
-    """Train a LoRA adapter (completion-only loss, packed rows, resumable; torchrun for several processes)."""
+    """Train a LoRA adapter (resumable; torchrun for several processes): a causal LM (completion-only loss,
+    packed rows), an encoder classifier, or a Stable Diffusion UNet (and text encoder)."""
     from loraops.train import TrainConfig, run
 
-    cfg = TrainConfig(base=base, data=str(data), out=str(out_dir), rank=rank, alpha=alpha, dropout=dropout,
+    cfg = TrainConfig(base=base, data=str(data), out=str(out_dir), task=task, rank=rank, alpha=alpha, dropout=dropout,
                       targets=targets, use_dora=use_dora, use_rslora=use_rslora, max_steps=max_steps,
                       epochs=epochs, batch_size=batch_size, grad_accum=grad_accum, seq_len=seq_len, lr=lr,
                       warmup_steps=warmup_steps, weight_decay=weight_decay, max_grad_norm=max_grad_norm,
                       seed=seed, precision=precision, grad_checkpointing=grad_checkpointing, quantize=quantize, replay=replay,
                       save_every=save_every, keep_checkpoints=keep_checkpoints, eval_every=eval_every,
-                      resume=resume, max_bad_steps=max_bad_steps, val_fraction=val_fraction, progress=progress)
+                      resume=resume, max_bad_steps=max_bad_steps, val_fraction=val_fraction,
+                      class_weights=class_weights, resolution=resolution, progress=progress)
     result = run(cfg)
     if result.adapter_dir is not None:
         train_loss, val = (f"{x:.4f}" if x is not None else "-" for x in (result.train_loss, result.val_loss))
         out.print(f"[green]trained[/] {result.steps} steps -> {result.adapter_dir}\n"
-                  f"train loss {train_loss}, val loss {val}, {result.tokens:,} tokens, "
-                  f"{result.tokens_per_s:,.0f} tokens/s, {result.skipped_steps} skipped steps")
+                  f"train loss {train_loss}, val loss {val}, {result.tokens:,} {result.unit}, "
+                  f"{result.tokens_per_s:,.1f} {result.unit}/s, {result.skipped_steps} skipped steps")
 
 
 # ---- eval ------------------------------------------------------------------------------------
@@ -157,7 +170,8 @@ def eval_cmd(
                                           "registry."),
     base: str = typer.Option("gemma-3-270m", help="Known name, HF model dir or .gguf file."),
     data: Optional[Path] = typer.Option(None, help="Curated dir (its val.jsonl) or a .jsonl file of "
-                                                   "prompt/completion or chat lines. Without it: general only."),
+                                                   "prompt/completion or chat lines ({\"text\", \"label\"} for a "
+                                                   "classification adapter). Without it: general only."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON instead of a table."),
     max_examples: int = typer.Option(200, help="Evaluate the first N validation examples."),
     batch_size: int = typer.Option(8, help="Sequences per generation/scoring batch."),
@@ -205,12 +219,37 @@ def merge_cmd(
     tolerance: float = typer.Option(1e-3, help="Max abs logit difference allowed between merged and unmerged."),
     force: bool = typer.Option(False, help="Load even if the adapter is bound to a different base."),
 ) -> None:
-    """Fold an adapter into its base and write a plain transformers model directory."""
+    """Fold an adapter into its base and write a plain transformers model directory (for a diffusers
+    pipeline base: a whole pipeline directory with the merged UNet/text encoder)."""
     from loraops.models.merge_model import merge_to_dir
 
     report = merge_to_dir(base, _adapter_source(adapter)[0], out_dir, tolerance=tolerance, force=force)
     out.print(f"[green]merged[/] {adapter} into {report.base_name} -> {out_dir}\n"
               f"max |logits merged - unmerged| = {report.max_abs_diff:.3e} (tolerance {tolerance:g})")
+
+
+# ---- convert ---------------------------------------------------------------------------------
+
+
+@app.command("convert")
+def convert_cmd(
+    src: Path = typer.Argument(..., help="A Stable Diffusion LoRA: loraops/PEFT directory, diffusers "
+                                         "pytorch_lora_weights.safetensors (or its directory), or a kohya/A1111 "
+                                         ".safetensors file."),
+    base: str = typer.Option(..., help="The diffusers pipeline directory it is for (names are resolved and "
+                                       "the fit is checked against it)."),
+    out_path: Path = typer.Option(..., "--out", help="Directory (peft, diffusers) or .safetensors file (kohya)."),
+    to: str = typer.Option("peft", help="peft (a loraops adapter directory) | diffusers | kohya"),
+    force: bool = typer.Option(False, help="Convert even if the adapter is bound to a different base."),
+) -> None:
+    """Convert a diffusion LoRA between the loraops/PEFT, diffusers and kohya formats (pickle refused)."""
+    from loraops.lora.convert import write
+    from loraops.models.diffusion import import_adapter
+
+    adapter = import_adapter(src, base, force=force)
+    write(adapter, out_path, to)
+    convs = sum(1 for m in adapter.modules.values() if m.kernel_size)
+    out.print(f"[green]converted[/] {src} -> {out_path} ({to}; {len(adapter.modules)} modules, {convs} convs)")
 
 
 # ---- compose ---------------------------------------------------------------------------------

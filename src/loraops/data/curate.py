@@ -4,6 +4,13 @@ Per line: parse → normalise → redact PII → render → quality rules → ex
 PII goes before dedup so records that differ only in an e-mail address count as duplicates, and so
 report examples never show the PII. Input is read line by line and kept records are written as they
 come; only dedup state grows with the input (see dedup.py for the bytes per record).
+
+Labelled records ({"text", "label"}, for classification) are split stratified instead: per label,
+the `val_fraction` of its records with the lowest split hash (at least one of a label with two or
+more records) go to val, so every label is in both files in proportion. That needs each label's
+count, so these records are held until the end of the input (their output lines, in memory); the
+report counts them per label and split. The text is deduplicated, not the label: a text seen
+again with another label is dropped as an exact duplicate (the first label wins).
 """
 
 from __future__ import annotations
@@ -23,7 +30,7 @@ from loraops.data.formats import Record, parse_line, to_output
 from loraops.data.normalize import normalize_text
 from loraops.data.pii import redact
 from loraops.data.report import CurateReport, preview
-from loraops.data.split import is_val
+from loraops.data.split import is_val, split_key
 from loraops.errors import ConfigError, DataFormatError
 
 OUTPUT_FILES = ("train.jsonl", "val.jsonl")
@@ -99,6 +106,7 @@ def curate(in_path: str | os.PathLike, out_dir: str | os.PathLike, options: Cura
     exact = ExactDedup() if options.exact_dedup else None
     near = NearDedup(options.near_dup_threshold) if options.near_dedup else None
     input_sha256 = hashlib.sha256()
+    labelled: dict[str, list[tuple[int, bytes]]] = {}  # label -> (line number, output line), held for the split
     with in_path.open("rb") as src, _atomic_outputs(out_dir, (*OUTPUT_FILES, "report.json")) as out:
         for line_no, raw in enumerate(src, start=1):
             input_sha256.update(raw)
@@ -120,21 +128,42 @@ def curate(in_path: str | os.PathLike, out_dir: str | os.PathLike, options: Cura
                 rule, detail = dropped
                 report.drop(rule, line_no, completion=preview(record.completion), **detail)
                 continue
-            if is_val(line, options.val_fraction, options.seed):
+            report.kept += 1
+            report.formats[record.kind] += 1
+            report.pii.update(pii)
+            if record.kind == "label":
+                labelled.setdefault(str(record.label), []).append((line_no, line))
+            elif is_val(line, options.val_fraction, options.seed):
                 out["val.jsonl"].write(line)
                 report.val += 1
             else:
                 out["train.jsonl"].write(line)
                 report.train += 1
-            report.kept += 1
-            report.formats[record.kind] += 1
-            report.pii.update(pii)
+        _write_stratified(labelled, options, out, report)
         report.input_sha256 = input_sha256.hexdigest()
         report.files = {name: out[name].sha256.hexdigest() for name in OUTPUT_FILES}
         manifest = "".join(f"{name} {digest}\n" for name, digest in report.files.items())
         report.output_sha256 = hashlib.sha256(manifest.encode()).hexdigest()
         out["report.json"].write(json.dumps(report.to_dict(), indent=2, ensure_ascii=False).encode() + b"\n")
     return report
+
+
+def _write_stratified(labelled: dict[str, list[tuple[int, bytes]]], options: CurateOptions,
+                      out: dict[str, _HashingFile], report: CurateReport) -> None:
+    """Per label, the lowest-hash round(val_fraction · n) records (≥ 1 when n ≥ 2) to val; all in input order."""
+    sides = {}
+    for label, rows in labelled.items():
+        n_val = round(options.val_fraction * len(rows))
+        if options.val_fraction > 0 and len(rows) >= 2:
+            n_val = max(1, n_val)
+        ranked = sorted(rows, key=lambda r: split_key(r[1], options.seed))
+        sides.update({line_no: (label, i < n_val) for i, (line_no, _) in enumerate(ranked)})
+    for line_no, line in sorted(row for rows in labelled.values() for row in rows):
+        label, val = sides[line_no]
+        side = "val" if val else "train"
+        out[f"{side}.jsonl"].write(line)
+        setattr(report, side, getattr(report, side) + 1)
+        report.labels.setdefault(side, Counter())[label] += 1
 
 
 def _clean(record: Record, options: CurateOptions, pii_found: Counter[str]) -> Record:

@@ -1,9 +1,10 @@
 """Input lines → Records, and Records → output lines.
 
-Three input shapes are accepted, one JSON object per line:
+Four input shapes are accepted, one JSON object per line:
   {"prompt": str, "completion": str}                       kind "completion"
   {"messages": [{"role": ..., "content": str}, ...]}      kind "chat" (OpenAI chat; last turn = assistant)
   {"text": str}                                            kind "text"
+  {"text": str, "label": str | int}                       kind "label" (classification; the label is kept as is)
 Chat records stay as messages through curation (so rules see the words, not the template) and are
 rendered with the base tokenizer's chat template only on output, into prompt (all turns before the last
 assistant turn, plus the generation prompt) and completion (the last assistant message and end of turn).
@@ -17,7 +18,7 @@ from typing import Any, Callable, Literal
 
 from loraops.errors import ConfigError, DataFormatError
 
-Kind = Literal["chat", "completion", "text"]
+Kind = Literal["chat", "completion", "text", "label"]
 ROLES = ("system", "user", "assistant")
 
 
@@ -38,6 +39,7 @@ class Record:
     completion: str
     prompt: str = ""
     history: tuple[Message, ...] = ()
+    label: str | int | None = None  # kind "label" only; never normalised or scrubbed
 
     def texts(self) -> list[str]:
         """Every string of the record, context first."""
@@ -91,6 +93,11 @@ def parse_line(raw: bytes, line: int) -> Record:
     if "prompt" in obj or "completion" in obj:
         return Record("completion", line, prompt=_string(obj, "prompt", line),
                       completion=_string(obj, "completion", line))
+    if "label" in obj:
+        label = obj["label"]
+        if isinstance(label, bool) or not isinstance(label, (str, int)) or (isinstance(label, str) and not label.strip()):
+            raise DataFormatError(line, f'field "label" must be a non-empty string or an integer, got {label!r}')
+        return Record("label", line, completion=_string(obj, "text", line), label=label)
     if "text" in obj:
         return Record("text", line, completion=_string(obj, "text", line))
     raise DataFormatError(line, 'no "messages", "prompt"/"completion" or "text" field')
@@ -118,9 +125,12 @@ def render_chat(tokenizer: Any, record: Record) -> tuple[str, str]:
 
 
 def to_output(record: Record, tokenizer: Any = None) -> dict[str, str]:
-    """The output line: {"text"} for text records, {"prompt", "completion"} otherwise."""
+    """The output line: {"text"} for text records, {"text", "label"} for labelled ones,
+    {"prompt", "completion"} otherwise."""
     if record.kind == "text":
         return {"text": record.completion}
+    if record.kind == "label":
+        return {"text": record.completion, "label": record.label}
     if record.kind == "chat":
         prompt, completion = render_chat(tokenizer, record)
         return {"prompt": prompt, "completion": completion}

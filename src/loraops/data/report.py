@@ -26,6 +26,7 @@ class CurateReport:
     formats: Counter[str] = field(default_factory=Counter)  # kept records per input kind
     dropped: Counter[str] = field(default_factory=Counter)  # per rule, "malformed" included
     pii: Counter[str] = field(default_factory=Counter)      # placeholders written, per PII type
+    labels: dict[str, Counter[str]] = field(default_factory=dict)  # classification: split -> label -> records
     examples: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     options: dict[str, Any] = field(default_factory=dict)
 
@@ -37,6 +38,7 @@ class CurateReport:
 
     def to_dict(self) -> dict[str, Any]:
         values = {f.name: getattr(self, f.name) for f in fields(self)}
+        values["labels"] = {side: dict(sorted(c.items())) for side, c in sorted(self.labels.items())}
         return {k: dict(sorted(v.items())) if isinstance(v, Counter) else v for k, v in values.items()}
 
 
@@ -54,5 +56,7 @@ def summary_table(report: CurateReport) -> Table:
     for kind, n in sorted(report.pii.items()):
         table.add_row(f"redacted: {kind}", str(n), style="cyan")
     table.add_row("kept", f"{report.kept} (train {report.train}, val {report.val})", style="green")
+    for side, counts in sorted(report.labels.items()):
+        table.add_row(f"labels in {side}", ", ".join(f"{k}: {n}" for k, n in sorted(counts.items())))
     table.add_row("dataset sha256", report.output_sha256[:16])
     return table

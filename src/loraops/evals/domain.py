@@ -77,7 +77,7 @@ def _read_outputs(path: Path, tokenizer: Any, max_examples: int | None) -> Itera
                 record = parse_line(raw, number)
             except DataFormatError as e:
                 raise DataFormatError(e.line, e.reason, str(path)) from None
-            if record.kind == "text":
+            if record.kind in ("text", "label"):
                 continue
             yield to_output(record, tokenizer)
             count += 1

@@ -103,11 +103,15 @@ class PromotionGate:
                 return False
         if self.data is None:
             return True
+        from loraops.evals.classify import ClassificationScores, labelled_digest, read_labelled
         from loraops.evals.domain import examples_digest, load_examples
 
         # The digest is over rendered prompts; rendering chat data needs the tokenizer, plain data does not.
         try:
-            digest = examples_digest(load_examples(self.data, None, self.eval_config.max_examples))
+            if isinstance(stored.domain_adapted, ClassificationScores):
+                digest = labelled_digest(*read_labelled(self.data, self.eval_config.max_examples))
+            else:
+                digest = examples_digest(load_examples(self.data, None, self.eval_config.max_examples))
         except ConfigError:
             return False
         return stored.comparable.get("data_digest") == digest

@@ -123,6 +123,7 @@ class GeneralScores:
     qa_acc_base: float | None
     qa_acc_adapted: float | None
     corpus_digest: str
+    measure: str = "causal-lm"  # or "masked-lm": an encoder's masked-token perplexity (evals/classify.py)
 
 
 def token_log_probs(logits: torch.Tensor, targets: torch.Tensor, chunk: int = 256) -> torch.Tensor:

@@ -102,9 +102,15 @@ class EvalReport:
         """Inverse of to_dict; raises KeyError/TypeError on something else (callers treat that as no report)."""
         if d.get("schema") != SCHEMA:
             raise KeyError("schema")
-        domain = {k: DomainScores(**d[k]) if d.get(k) else None for k in ("domain_base", "domain_adapted")}
+        domain = {k: _scores(d[k]) if d.get(k) else None for k in ("domain_base", "domain_adapted")}
         return cls(d["adapter"], d["base"], d["comparable"], GeneralScores(**d["general"]),
                    Forgetting(**d["forgetting"]), samples=d.get("samples", []), **domain)
+
+
+def _scores(d: dict[str, Any]):
+    from loraops.evals.classify import ClassificationScores
+
+    return ClassificationScores(**d) if "confusion" in d else DomainScores(**d)
 
 
 class _Bar:
@@ -150,6 +156,10 @@ def evaluate(base: str, adapter: str | Path, config: EvalConfig = EvalConfig(),
         data_file(config.data)  # fail on a missing file before the minutes of loading a model
     grammar = compile_schema(config.json_schema) if config.json_schema is not None else None
     adapter_obj = read_adapter(adapter)
+    if adapter_obj.config.task_type == "SEQ_CLS":  # an encoder classifier: evals/classify.py
+        from loraops.evals.classify import evaluate_classifier
+
+        return evaluate_classifier(base, adapter_obj, config, label or str(adapter))
     loaded = load_base(base, progress=config.progress)
     model, tokenizer = loaded.model, loaded.tokenizer
     if config.quantize == "int8":

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from rich.table import Table
 
+from loraops.evals.classify import ClassificationScores
 from loraops.evals.run import EvalReport
 
-
-_NAMES = {"f1": "token F1", "field_accuracy": "JSON field accuracy"}  # primary metric -> row name
+_NAMES = {"f1": "token F1", "field_accuracy": "JSON field accuracy", "macro_f1": "macro-F1"}  # primary -> row
 
 
 def _num(value: float | None, digits: int = 3) -> str:
@@ -22,7 +22,15 @@ def summary_table(report: EvalReport) -> Table:
     table = Table("", "metric", "base", "adapted", "Δ",
                   title=f"{report.adapter} on {report.base['name']}", title_justify="left")
     b, a = report.domain_base, report.domain_adapted
-    if b is not None and a is not None:
+    if isinstance(a, ClassificationScores):
+        table.add_row("domain", "examples (base: untrained head)", str(b.examples), str(a.examples), "")
+        for name, x, y in [("accuracy", b.accuracy, a.accuracy), ("macro-F1 *", b.macro_f1, a.macro_f1)]:
+            table.add_row("", name, _num(x), _num(y), _delta(x, y))
+        for i, label in enumerate(a.labels):  # rows: true label; columns: predicted, in label order
+            table.add_row("", f"confusion {label} -> {'/'.join(a.labels)}", " ".join(map(str, b.confusion[i])),
+                          " ".join(map(str, a.confusion[i])), "")
+        table.add_section()
+    elif b is not None and a is not None:
         table.add_row("domain", "examples", str(b.examples), str(a.examples), "")
         rows = [("exact match", b.exact_match, a.exact_match), ("token F1", b.f1, a.f1)]
         if a.field_accuracy is not None:
@@ -36,10 +44,12 @@ def summary_table(report: EvalReport) -> Table:
                           f"{a.parse_failures - b.parse_failures:+d}")
         table.add_section()
     g = report.general
-    table.add_row("general", f"perplexity ({g.tokens} tokens)", _num(g.ppl_base), _num(g.ppl_adapted),
+    kind = "masked-LM perplexity" if g.measure == "masked-lm" else "perplexity"
+    table.add_row("general", f"{kind} ({g.tokens} tokens)", _num(g.ppl_base), _num(g.ppl_adapted),
                   _delta(g.ppl_base, g.ppl_adapted))
-    table.add_row("", f"questions ({g.qa_kept}/{g.qa_total} kept)", _num(g.qa_acc_base), _num(g.qa_acc_adapted),
-                  _delta(g.qa_acc_base, g.qa_acc_adapted))
+    if g.qa_total:
+        table.add_row("", f"questions ({g.qa_kept}/{g.qa_total} kept)", _num(g.qa_acc_base), _num(g.qa_acc_adapted),
+                      _delta(g.qa_acc_base, g.qa_acc_adapted))
     table.add_row("", "KL(base ‖ adapted)", "", _num(g.kl_mean, 4), "")
     f = report.forgetting
     gain = report.domain_gain

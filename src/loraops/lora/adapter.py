@@ -17,13 +17,15 @@ from loraops.lora.config import LoRAConfig
 class ModuleLoRA:
     """One adapted module: ΔW = scale · B @ A, with the weight oriented [out, in].
 
-    A: [r, in], B: [out, r], magnitude: [out] (DoRA only).
+    A: [r, in], B: [out, r], magnitude: [out] (DoRA only). A conv is flattened (lora/conv.py):
+    `in` = in_channels · ∏kernel_size, and `kernel_size` (empty for a linear) folds it back.
     """
 
     A: torch.Tensor
     B: torch.Tensor
     scale: float
     magnitude: torch.Tensor | None = None
+    kernel_size: tuple[int, ...] = ()
 
     @property
     def r(self) -> int:

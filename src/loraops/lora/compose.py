@@ -9,6 +9,9 @@ Methods (all weights wᵢ apply to each parent's ΔWᵢ):
   dare    DARE (Yu et al. 2023): drop each entry with prob 1-`density`, rescale by 1/density, sum;
           then truncated SVD. Seeded.
 Outputs have alpha = r (scale 1): the scales live in B. DoRA and modules_to_save cannot be blended.
+A conv LoRA is blended flattened: ΔW as [out, in·kh·kw], the only form a conv LoRA can take (B is
+1×1, so ΔW = B @ A over the flattened kernel). The SVD of that matrix gives A back as a kh×kw conv
+into r channels and B as a 1×1 conv: the best rank-r conv LoRA of the blend, in PEFT's layout.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import torch
 
 from loraops.errors import AdapterMismatchError, ConfigError
 from loraops.lora.adapter import Adapter, ModuleLoRA
-from loraops.lora.config import LoRAConfig
+from loraops.lora.config import config_for_modules
 from loraops.lora.merge import lora_delta
 
 METHODS = ("linear", "cat", "svd", "ties", "dare")
@@ -87,7 +90,8 @@ def _check_compatible(parents: list[Adapter]) -> None:
         if p.saved_modules:
             raise AdapterMismatchError("adapters with modules_to_save cannot be composed")
     for path in parents[0].modules:
-        shapes = {(p.modules[path].out_features, p.modules[path].in_features) for p in parents}
+        shapes = {(p.modules[path].out_features, p.modules[path].in_features, p.modules[path].kernel_size)
+                  for p in parents}
         if len(shapes) > 1:
             raise AdapterMismatchError(f"{path}: adapters disagree on the weight shape {sorted(shapes)}")
 
@@ -118,7 +122,7 @@ def compose(parents: list[Adapter], weights: list[float], method: str, rank: int
         if method == "cat":
             A = torch.cat([m.A.float() for m in loras])
             B = torch.cat([w * m.scale * m.B.float() for m, w in zip(loras, weights)], dim=1)
-            modules[path] = ModuleLoRA(A, B, 1.0)
+            modules[path] = ModuleLoRA(A, B, 1.0, kernel_size=loras[0].kernel_size)
             continue
         deltas = [lora_delta(m.A, m.B, m.scale) for m in loras]
         if method == "ties":
@@ -128,16 +132,12 @@ def compose(parents: list[Adapter], weights: list[float], method: str, rank: int
         else:
             blended = sum(w * d for d, w in zip(deltas, weights))
         A, B, lost, energy = factorize(blended, None if method == "linear" else target_rank)
-        modules[path] = ModuleLoRA(A, B, 1.0)
+        modules[path] = ModuleLoRA(A, B, 1.0, kernel_size=loras[0].kernel_size)
         discarded, total = discarded + lost, total + energy
-    # PEFT has one r per adapter: the most common one, with rank_pattern for the rest; alpha = r.
-    ranks = [m.r for m in modules.values()]
-    r = max(set(ranks), key=ranks.count)
+    ranks = {p: m.r for p, m in modules.items()}
     first = parents[0].config
-    config = LoRAConfig(r=r, alpha=r, target_modules=sorted(modules), fan_in_fan_out=first.fan_in_fan_out,
-                        rank_pattern={p: m.r for p, m in modules.items() if m.r != r},
-                        alpha_pattern={p: m.r for p, m in modules.items() if m.r != r},
-                        task_type=first.task_type, base_model_name_or_path=first.base_model_name_or_path)
+    config = config_for_modules(ranks, ranks, fan_in_fan_out=first.fan_in_fan_out,  # alpha = r: scale 1
+                                task_type=first.task_type, base_model_name_or_path=first.base_model_name_or_path)
     refs = parent_refs or [str(i) for i in range(len(parents))]
     meta = {k: v for k, v in parents[0].meta.items() if k in ("base_fingerprint", "base_name")}
     meta["parents"] = [_parent_entry(ref, w) for ref, w in zip(refs, weights)]

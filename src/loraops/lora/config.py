@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections import Counter
 from dataclasses import asdict, dataclass, field, fields
 
 from loraops.errors import AdapterFormatError, ConfigError
@@ -128,3 +129,14 @@ class LoRAConfig:
     def from_dict(cls, raw: dict) -> "LoRAConfig":
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in raw.items() if k in known})
+
+
+def config_for_modules(ranks: dict[str, int], alphas: dict[str, float], **fields) -> LoRAConfig:
+    """A config for modules of mixed rank and alpha (module path -> value), as PEFT writes one: the
+    most common rank and alpha as `r` and `alpha`, `rank_pattern`/`alpha_pattern` (full module paths)
+    for the others, `target_modules` the sorted paths."""
+    r = Counter(ranks.values()).most_common(1)[0][0]
+    alpha = Counter(alphas.values()).most_common(1)[0][0]
+    return LoRAConfig(r=r, alpha=alpha, target_modules=sorted(ranks),
+                      rank_pattern={p: v for p, v in ranks.items() if v != r},
+                      alpha_pattern={p: v for p, v in alphas.items() if v != alpha}, **fields)

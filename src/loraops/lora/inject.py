@@ -1,4 +1,4 @@
-"""Target selection and injection: which modules get a LoRALinear, and putting them in or out."""
+"""Target selection and injection: which modules get a LoRALinear (or a LoRAConv), and putting them in or out."""
 
 from __future__ import annotations
 
@@ -11,7 +11,10 @@ from transformers.pytorch_utils import Conv1D
 from loraops.errors import AdapterMismatchError, TargetNotFoundError
 from loraops.lora.adapter import Adapter
 from loraops.lora.config import ALL_LINEAR, LoRAConfig
+from loraops.lora.conv import LoRAConv, check_conv, is_conv
 from loraops.lora.layer import LoRALinear, is_adaptable, weight_out_in
+
+LORA_LAYERS = (LoRALinear, LoRAConv)
 
 # PEFT's default for classification heads it never adapts under "all-linear".
 _SEQ_CLS_HEADS = ("score", "classifier")
@@ -48,12 +51,13 @@ def pattern_key(patterns: dict, path: str) -> str | None:
 
 def select_targets(model: nn.Module, config: LoRAConfig) -> list[str]:
     """Module paths that `config` adapts, in model order. Raises if the selection is empty or
-    names a module that is not a Linear/Conv1D."""
+    names a module that is not a Linear/Conv1D/ConvNd. "all-linear" never picks convs (PEFT's rule);
+    name them (`conv1`, `conv2`, ...) to adapt them."""
     target = config.target_modules
     heads = _excluded_heads(model, config)
     chosen = []
     for path, module in model.named_modules():
-        if not path or isinstance(module, LoRALinear) or any(path == h or path.startswith(h + ".") for h in heads):
+        if not path or isinstance(module, LORA_LAYERS) or any(path == h or path.startswith(h + ".") for h in heads):
             continue
         if target == ALL_LINEAR:
             hit = is_adaptable(module)
@@ -68,11 +72,13 @@ def select_targets(model: nn.Module, config: LoRAConfig) -> list[str]:
         if not is_adaptable(module):
             if target == ALL_LINEAR:
                 continue
-            raise TargetNotFoundError(
-                f"target module {path!r} is a {type(module).__name__}; only Linear and Conv1D can be adapted")
+            if not is_conv(module):
+                raise TargetNotFoundError(f"target module {path!r} is a {type(module).__name__}; only Linear, "
+                                          "Conv1D and Conv1d/2d/3d can be adapted")
+            check_conv(path, module)
         chosen.append(path)
     if not chosen:
-        raise TargetNotFoundError(f"target_modules={target!r} matches no Linear/Conv1D module of this model")
+        raise TargetNotFoundError(f"target_modules={target!r} matches no Linear/Conv module of this model")
     return chosen
 
 
@@ -84,7 +90,7 @@ def _resolve_names(config: LoRAConfig, paths: list[str]) -> LoRAConfig:
 
 
 def inject(model: nn.Module, config: LoRAConfig) -> list[str]:
-    """Wrap every selected module in a LoRALinear (in place); freezes all base parameters.
+    """Wrap every selected module in a LoRALinear or LoRAConv (in place); freezes all base parameters.
     Returns the adapted paths. `config.fan_in_fan_out` and "all-linear" are resolved here."""
     paths = select_targets(model, config)
     model.requires_grad_(False)
@@ -95,8 +101,8 @@ def inject(model: nn.Module, config: LoRAConfig) -> list[str]:
         rkey, akey = pattern_key(config.rank_pattern, path), pattern_key(config.alpha_pattern, path)
         r = config.rank_pattern[rkey] if rkey else config.r
         alpha = config.alpha_pattern[akey] if akey else config.alpha
-        set_submodule(model, path, LoRALinear(base, r, config.scale(r, alpha), config.dropout,
-                                               config.use_dora, config.init))
+        layer = LoRAConv if is_conv(base) else LoRALinear
+        set_submodule(model, path, layer(base, r, config.scale(r, alpha), config.dropout, config.use_dora, config.init))
     for name in saved_module_names(model, config):
         model.get_submodule(name).requires_grad_(True)
     _resolve_names(config, paths)
@@ -110,8 +116,8 @@ def saved_module_names(model: nn.Module, config: LoRAConfig) -> list[str]:
     return [n for n in config.modules_to_save or [] if n in names]
 
 
-def lora_modules(model: nn.Module) -> dict[str, LoRALinear]:
-    return {path: m for path, m in model.named_modules() if isinstance(m, LoRALinear)}
+def lora_modules(model: nn.Module) -> dict[str, LoRALinear | LoRAConv]:
+    return {path: m for path, m in model.named_modules() if isinstance(m, LORA_LAYERS)}
 
 
 def trainable_parameters(model: nn.Module) -> list[nn.Parameter]:
@@ -146,11 +152,16 @@ def apply_adapter(model: nn.Module, adapter: Adapter) -> list[str]:
         raise AdapterMismatchError(f"adapter is missing weights for {len(missing)} targeted module(s), "
                                    f"e.g. {missing[0]!r}")
     for path in expected:
-        base_shape = tuple(weight_out_in(model.get_submodule(path)).shape)
+        base = model.get_submodule(path)
+        base_shape = tuple(weight_out_in(base).shape)
         w = adapter.modules[path]
         if (w.out_features, w.in_features) != base_shape:
             raise AdapterMismatchError(f"{path}: adapter is for a {w.out_features}x{w.in_features} weight, "
                                        f"the base has {base_shape[0]}x{base_shape[1]}")
+        kernel = tuple(base.kernel_size) if is_conv(base) else ()
+        if w.kernel_size != kernel:
+            raise AdapterMismatchError(f"{path}: adapter is for kernel size {w.kernel_size or 'none (linear)'}, "
+                                       f"the base has {kernel or 'none (linear)'}")
         if w.B.shape[1] != w.r or (w.magnitude is not None and w.magnitude.shape[0] != w.out_features):
             raise AdapterMismatchError(f"{path}: lora_A has rank {w.r} but lora_B has rank {w.B.shape[1]}")
         if (w.magnitude is not None) != config.use_dora:

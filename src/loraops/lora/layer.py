@@ -24,10 +24,13 @@ def is_adaptable(module: nn.Module) -> bool:
 
 
 def weight_out_in(module: nn.Module) -> torch.Tensor:
-    """The base weight as [out, in] (GPT-2's Conv1D stores it transposed, [in, out])."""
+    """The base weight as [out, in] (GPT-2's Conv1D stores it transposed, [in, out]; an nn.ConvNd
+    kernel [out, in, *k] is flattened to [out, in·∏k], see conv.py)."""
     if hasattr(module, "dequantize_weight"):
         return module.dequantize_weight()
-    return module.weight.T if isinstance(module, Conv1D) else module.weight
+    if isinstance(module, Conv1D):
+        return module.weight.T
+    return module.weight.flatten(1)
 
 
 class LoRALinear(nn.Module):
@@ -46,19 +49,7 @@ class LoRALinear(nn.Module):
         self.reset_parameters(init)
 
     def reset_parameters(self, init: str = "default") -> None:
-        """PEFT's init: A kaiming-uniform(a=√5) or N(0, 1/r); B zero so the adapter starts as a no-op.
-        "random" also draws B (a non-trivial adapter, for tests)."""
-        with torch.no_grad():
-            if init == "gaussian":
-                nn.init.normal_(self.lora_A, std=1 / self.lora_A.shape[0])
-            else:
-                nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
-            if init == "random":
-                nn.init.normal_(self.lora_B, std=0.02)
-            else:
-                self.lora_B.zero_()
-            if self.magnitude is not None:
-                self.magnitude.copy_(merge.row_norm(self.base_weight(), self.delta()))
+        init_lora_(self, init)
 
     def base_weight(self) -> torch.Tensor:
         """[out, in]"""
@@ -69,16 +60,10 @@ class LoRALinear(nn.Module):
         return merge.lora_delta(self.lora_A, self.lora_B, self.scale)
 
     def weights(self) -> ModuleLoRA:
-        mag = self.magnitude.detach().clone() if self.magnitude is not None else None
-        return ModuleLoRA(self.lora_A.detach().clone(), self.lora_B.detach().clone(), self.scale, mag)
+        return lora_weights(self)
 
     def load_weights(self, w: ModuleLoRA) -> None:
-        with torch.no_grad():
-            self.lora_A.copy_(w.A)
-            self.lora_B.copy_(w.B)
-            self.scale = w.scale
-            if self.magnitude is not None:
-                self.magnitude.copy_(w.magnitude)
+        load_lora_weights_(self, w)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: [..., in] -> [..., out]"""
@@ -101,31 +86,77 @@ class LoRALinear(nn.Module):
         dora = (mag_scale - 1) * base_out + mag_scale * lora * self.scale
         return out + dora.to(out.dtype)
 
-    @torch.no_grad()
     def merge_(self) -> None:
         """Fold ΔW into the base weight in place (zero inference overhead)."""
-        if self.merged:
-            return
         if not hasattr(self.base, "weight") or self.base.weight.dtype == torch.int8:
             raise TypeError("cannot merge into a quantized base; merge on the fp32 base instead")
-        self._pre_merge = self.base.weight.detach().clone()
-        merged = merge.merge_weight(self.base_weight(), self.weights())
-        self.base.weight.copy_(merged.T if isinstance(self.base, Conv1D) else merged)
-        self.merged = True
+        merge_into_base_(self, self._write_base)
 
-    @torch.no_grad()
     def unmerge_(self) -> None:
-        if not self.merged:
-            return
-        w = self.weights()
-        if w.magnitude is None:
-            restored = merge.unmerge_weight(self.base_weight(), w)
-            self.base.weight.copy_(restored.T if isinstance(self.base, Conv1D) else restored)
-        else:  # DoRA is not invertible from W' alone (the row norms are lost); restore the copy.
-            self.base.weight.copy_(self._pre_merge)
-        del self._pre_merge
-        self.merged = False
+        unmerge_from_base_(self, self._write_base)
+
+    def _write_base(self, w: torch.Tensor) -> None:
+        """w: [out, in]"""
+        self.base.weight.copy_(w.T if isinstance(self.base, Conv1D) else w)
 
     def extra_repr(self) -> str:
         r, i = self.lora_A.shape
         return f"in={i}, out={self.lora_B.shape[0]}, r={r}, scale={self.scale:g}, dora={self.magnitude is not None}"
+
+
+# Shared by LoRALinear and LoRAConv (conv.py), which differ only in the shape of their weights:
+# `layer` has lora_A, lora_B, magnitude, scale, merged, base, base_weight() -> [out, in] and
+# delta() -> [out, in]; a conv's A and B are kernels and are flattened here.
+
+def init_lora_(layer: nn.Module, init: str = "default") -> None:
+    """PEFT's init: A kaiming-uniform(a=√5) (over the fan-in: in, or in·∏kernel) or N(0, 1/r); B zero
+    so the adapter starts as a no-op. "random" also draws B (a non-trivial adapter, for tests)."""
+    with torch.no_grad():
+        if init == "gaussian":
+            nn.init.normal_(layer.lora_A, std=1 / layer.lora_A.shape[0])
+        else:
+            nn.init.kaiming_uniform_(layer.lora_A, a=math.sqrt(5))
+        if init == "random":
+            nn.init.normal_(layer.lora_B, std=0.02)
+        else:
+            layer.lora_B.zero_()
+        if layer.magnitude is not None:
+            layer.magnitude.copy_(merge.row_norm(layer.base_weight(), layer.delta()))
+
+
+def lora_weights(layer: nn.Module, kernel_size: tuple[int, ...] = ()) -> ModuleLoRA:
+    mag = layer.magnitude.detach().clone() if layer.magnitude is not None else None
+    return ModuleLoRA(layer.lora_A.detach().flatten(1).clone(), layer.lora_B.detach().flatten(1).clone(),
+                      layer.scale, mag, kernel_size)
+
+
+def load_lora_weights_(layer: nn.Module, w: ModuleLoRA) -> None:
+    with torch.no_grad():
+        layer.lora_A.copy_(w.A.view_as(layer.lora_A))
+        layer.lora_B.copy_(w.B.view_as(layer.lora_B))
+        layer.scale = w.scale
+        if layer.magnitude is not None:
+            layer.magnitude.copy_(w.magnitude)
+
+
+@torch.no_grad()
+def merge_into_base_(layer: nn.Module, write) -> None:
+    """Fold ΔW into the base weight in place; `write(w)` stores an [out, in] weight in the base's layout."""
+    if layer.merged:
+        return
+    layer._pre_merge = layer.base.weight.detach().clone()
+    write(merge.merge_weight(layer.base_weight(), layer.weights()))
+    layer.merged = True
+
+
+@torch.no_grad()
+def unmerge_from_base_(layer: nn.Module, write) -> None:
+    if not layer.merged:
+        return
+    w = layer.weights()
+    if w.magnitude is None:
+        write(merge.unmerge_weight(layer.base_weight(), w))
+    else:  # DoRA is not invertible from W' alone (the row norms are lost); restore the copy.
+        layer.base.weight.copy_(layer._pre_merge)
+    del layer._pre_merge
+    layer.merged = False

@@ -2,7 +2,8 @@
 
 Plain LoRA:  W' = W + scale · B @ A
 DoRA:        W' = m / ‖W + scale · B @ A‖_row · (W + scale · B @ A)
-Weights are [out, in]; GPT-2 Conv1D stores [in, out], flagged by the adapter's `fan_in_fan_out`.
+Weights are [out, in]; GPT-2 Conv1D stores [in, out], flagged by the adapter's `fan_in_fan_out`;
+a conv kernel [out, in, *k] is merged flattened, as [out, in·∏k] (lora/conv.py).
 """
 
 from __future__ import annotations
@@ -45,13 +46,14 @@ def _apply(state_dict: dict[str, torch.Tensor], adapter: Adapter, fn) -> dict[st
         if key not in out:
             raise AdapterMismatchError(f"adapter module {path!r} has no weight {key!r} in the base model")
         w = out[key]
-        w_oi = w.T if adapter.config.fan_in_fan_out else w
-        if tuple(w_oi.shape) != (lora.out_features, lora.in_features):
+        transposed = adapter.config.fan_in_fan_out and w.ndim == 2
+        w_oi = w.T if transposed else w.flatten(1)
+        if tuple(w_oi.shape) != (lora.out_features, lora.in_features) or tuple(w.shape[2:]) != lora.kernel_size:
             raise AdapterMismatchError(
-                f"{path}: base weight is {tuple(w_oi.shape)} but the adapter expects "
-                f"{(lora.out_features, lora.in_features)}")
+                f"{path}: base weight is {tuple(w.shape)} but the adapter expects "
+                f"{(lora.out_features, lora.in_features)}" + (f" kernel {lora.kernel_size}" if lora.kernel_size else ""))
         new = fn(w_oi, lora)
-        out[key] = (new.T if adapter.config.fan_in_fan_out else new).contiguous()
+        out[key] = (new.T if transposed else new.view(w.shape)).contiguous()
     return out
 
 

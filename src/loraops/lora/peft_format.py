@@ -20,8 +20,9 @@ from safetensors.torch import load_file, save_file
 
 from loraops.atomic import atomic_dir
 from loraops.errors import AdapterFormatError, UnsafeFileError
-from loraops.lora.adapter import Adapter, ModuleLoRA
+from loraops.lora.adapter import Adapter
 from loraops.lora.config import LoRAConfig
+from loraops.lora.conv import from_peft_shapes, peft_shapes
 from loraops.lora.inject import pattern_key
 
 CONFIG_FILE = "adapter_config.json"
@@ -34,10 +35,11 @@ PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 def to_peft_state_dict(adapter: Adapter) -> dict[str, torch.Tensor]:
     sd = {}
     for path, m in adapter.modules.items():
-        sd[f"{PREFIX}{path}.lora_A.weight"] = m.A.contiguous()
-        sd[f"{PREFIX}{path}.lora_B.weight"] = m.B.contiguous()
-        if m.magnitude is not None:
-            sd[f"{PREFIX}{path}.lora_magnitude_vector"] = m.magnitude.contiguous()
+        A, B, magnitude = peft_shapes(m)
+        sd[f"{PREFIX}{path}.lora_A.weight"] = A.contiguous()
+        sd[f"{PREFIX}{path}.lora_B.weight"] = B.contiguous()
+        if magnitude is not None:
+            sd[f"{PREFIX}{path}.lora_magnitude_vector"] = magnitude.contiguous()
     for key, t in adapter.saved_modules.items():
         sd[f"{PREFIX}{key}"] = t.contiguous()
     return sd
@@ -68,13 +70,10 @@ def from_peft_state_dict(sd: dict[str, torch.Tensor], config: LoRAConfig) -> tup
         if "A" not in p or "B" not in p:
             raise AdapterFormatError(f"{path}: has {'lora_A' if 'A' in p else 'lora_B'} but not "
                                      f"{'lora_B' if 'A' in p else 'lora_A'}")
-        A, B = p["A"], p["B"]
-        if A.ndim != 2 or B.ndim != 2 or A.shape[0] != B.shape[1]:
-            raise AdapterFormatError(f"{path}: rank mismatch, lora_A {tuple(A.shape)} vs lora_B {tuple(B.shape)}")
-        r = A.shape[0]
+        m = from_peft_shapes(path, p["A"], p["B"], p.get("magnitude"))
         akey = pattern_key(config.alpha_pattern, path)
-        alpha = config.alpha_pattern[akey] if akey else config.alpha
-        modules[path] = ModuleLoRA(A, B, config.scale(r, alpha), p.get("magnitude"))
+        m.scale = config.scale(m.r, config.alpha_pattern[akey] if akey else config.alpha)
+        modules[path] = m
     if not modules:
         raise AdapterFormatError("adapter has no LoRA weights")
     return modules, saved

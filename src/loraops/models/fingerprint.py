@@ -3,6 +3,11 @@ each tensor in name order. Computed once per model directory and cached beside i
 
 Over the module it is computed from `state_dict()` with tied duplicates dropped (the first name
 wins, as in `save_pretrained`), so a model and the directory it was saved to agree.
+
+A diffusers pipeline directory (model_index.json) is fingerprinted over the components an adapter
+can change, `unet/`, `text_encoder/`, `text_encoder_2/`, with names prefixed by the component
+(`unet.conv_in.weight`), the same names the components have in memory (models/diffusion.py). The
+VAE, tokenizer and scheduler do not enter it: no adapter weight depends on them.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from safetensors import safe_open
 from torch import nn
 
 CACHE_FILE = ".loraops-fingerprint.json"
+PIPELINE_COMPONENTS = ("unet", "text_encoder", "text_encoder_2")  # what a diffusion adapter can adapt
 
 
 def fingerprint_tensors(names: Iterable[str], get: Callable[[str], torch.Tensor]) -> str:
@@ -48,8 +54,8 @@ def fingerprint_dir(model_dir: str | os.PathLike) -> str:
     """Fingerprint of the *.safetensors weights in an HF model dir, cached in CACHE_FILE (keyed by
     file names, sizes and mtimes, so a changed file invalidates it)."""
     d = Path(model_dir)
-    files = sorted(d.glob("*.safetensors"))
-    stamp = [[f.name, f.stat().st_size, f.stat().st_mtime_ns] for f in files]
+    files = weight_files(d)
+    stamp = [[str(f.relative_to(d)), f.stat().st_size, f.stat().st_mtime_ns] for f in files]
     cache = d / CACHE_FILE
     if cache.exists():
         try:
@@ -58,9 +64,12 @@ def fingerprint_dir(model_dir: str | os.PathLike) -> str:
                 return cached["fingerprint"]
         except (json.JSONDecodeError, KeyError):
             pass
-    handles = [safe_open(str(f), framework="pt") for f in files]
-    where = {name: h for h in handles for name in h.keys()}
-    fp = fingerprint_tensors(where, lambda name: where[name].get_tensor(name))
+    where = {}  # tensor name in the fingerprint -> (open file, name in the file)
+    for f in files:
+        handle = safe_open(str(f), framework="pt")
+        prefix = "" if f.parent == d else f"{f.parent.name}."
+        where.update({prefix + name: (handle, name) for name in handle.keys()})
+    fp = fingerprint_tensors(where, lambda name: where[name][0].get_tensor(where[name][1]))
     try:
         tmp = cache.with_suffix(f".tmp-{os.getpid()}")
         tmp.write_text(json.dumps({"fingerprint": fp, "files": stamp}))
@@ -68,6 +77,19 @@ def fingerprint_dir(model_dir: str | os.PathLike) -> str:
     except OSError:  # a read-only model dir: recompute next time
         pass
     return fp
+
+
+def weight_files(d: Path) -> list[Path]:
+    """The safetensors files a fingerprint covers: the directory's own, or a pipeline's components'
+    (without variants such as `diffusion_pytorch_model.fp16.safetensors` beside the main file, which
+    is the one diffusers loads)."""
+    if not (d / "model_index.json").exists():
+        return sorted(d.glob("*.safetensors"))
+    files = []
+    for component in PIPELINE_COMPONENTS:
+        found = sorted((d / component).glob("*.safetensors"))
+        files += [f for f in found if "." not in f.stem] or found
+    return files
 
 
 def short(fp: str | None) -> str:

@@ -16,6 +16,7 @@ from torch import nn
 from loraops.errors import MergeVerificationError
 from loraops.lora import apply_adapter, merge_state_dict, read_adapter
 from loraops.atomic import atomic_dir
+from loraops.models.diffusion import is_pipeline_dir, merge_pipeline_to_dir
 from loraops.models.load import check_base
 from loraops.models.resolve import resolve_base
 
@@ -60,7 +61,14 @@ def merge_to_dir(base: str, adapter_dir: str | Path, out_dir: str | Path, tolera
     info = resolve_base(base, progress=True)
     adapter = read_adapter(adapter_dir)
     check_base(adapter, info.name, info.fingerprint, force)
-    model = _auto_class(adapter.config.task_type).from_pretrained(info.path, use_safetensors=True).eval()
+    if is_pipeline_dir(info.path):  # Stable Diffusion: a whole pipeline directory comes out
+        return MergeReport(info.name, merge_pipeline_to_dir(info, adapter, out_dir, tolerance), Path(out_dir))
+    if adapter.config.task_type == "SEQ_CLS" and adapter.meta.get("labels"):  # trained by loraops: k labels
+        from loraops.train.classify import load_classifier_base
+
+        model = load_classifier_base(base, adapter.meta["labels"], int(adapter.meta.get("head_seed", 0))).model
+    else:
+        model = _auto_class(adapter.config.task_type).from_pretrained(info.path, use_safetensors=True).eval()
     tokenizer = AutoTokenizer.from_pretrained(info.path)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token

@@ -1,6 +1,7 @@
 """BASE → a local HF model directory + its fingerprint.
 
 BASE is a known name (`gemma-3-270m`, the default), an HF model directory (safetensors weights),
+a diffusers pipeline directory (model_index.json, unet/, text_encoder/, ...; models/diffusion.py),
 or a `.gguf` file (converted once into LORAOPS_HOME/models/gguf-<digest>/).
 """
 
@@ -14,7 +15,7 @@ from rich.console import Console
 
 from loraops.errors import ModelNotFoundError, UnsafeFileError
 from loraops.lora.peft_format import PICKLE_SUFFIXES
-from loraops.models.fingerprint import fingerprint_dir
+from loraops.models.fingerprint import fingerprint_dir, weight_files
 from loraops.models.gguf import assemble_default_gguf, convert_gguf
 from loraops.paths import models_dir
 
@@ -34,13 +35,16 @@ def _is_complete(model_dir: Path) -> bool:
 
 
 def _check_hf_dir(d: Path) -> None:
-    if not (d / "config.json").exists():
-        raise ModelNotFoundError(f"{d} is a directory but not an HF model directory (no config.json)")
-    if not any(d.glob("*.safetensors")):
-        pickles = [p.name for p in d.iterdir() if p.suffix in PICKLE_SUFFIXES]
+    pipeline = (d / "model_index.json").exists()
+    if not pipeline and not (d / "config.json").exists():
+        raise ModelNotFoundError(f"{d} is a directory but not an HF model directory (no config.json) "
+                                 "nor a diffusers pipeline (no model_index.json)")
+    if not weight_files(d):
+        where = d / "unet" if pipeline else d
+        pickles = [p.name for p in where.iterdir() if p.suffix in PICKLE_SUFFIXES] if where.is_dir() else []
         if pickles:
-            raise UnsafeFileError(f"{d}/{pickles[0]} is a pickle file; loraops loads safetensors weights only")
-        raise ModelNotFoundError(f"{d} has no *.safetensors weights")
+            raise UnsafeFileError(f"{where}/{pickles[0]} is a pickle file; loraops loads safetensors weights only")
+        raise ModelNotFoundError(f"{where} has no *.safetensors weights")
 
 
 def _file_digest(path: Path) -> str:

@@ -9,6 +9,11 @@ from loraops.errors import ConfigError
 from loraops.lora.config import ALL_LINEAR, LoRAConfig
 
 PRECISIONS = ("fp32", "bf16")
+TASKS = ("lm", "classification", "diffusion")
+# What each task adapts when --targets is not given: LM and encoder every linear layer (attention
+# and FFN; classification heads are never adapted, they are trained whole in modules_to_save);
+# diffusion the UNet's attention projections, as diffusers' DreamBooth LoRA script does.
+DEFAULT_TARGETS = {"lm": ALL_LINEAR, "classification": ALL_LINEAR, "diffusion": "to_q,to_k,to_v,to_out.0"}
 QUANTIZATIONS = ("int8",)
 MIN_SEQ_LEN = 8
 _REGEX_CHARS = re.compile(r"[\\^$*+?()\[\]{}|]")
@@ -29,10 +34,11 @@ class TrainConfig:
     base: str
     data: str
     out: str
+    task: str = "lm"  # "lm" | "classification" | "diffusion" (train/task.py)
     rank: int = 8
     alpha: float = 16.0
     dropout: float = 0.0
-    targets: str = ALL_LINEAR  # "all-linear", "q_proj,v_proj", or a regex on module paths
+    targets: str | None = None  # "all-linear", "q_proj,v_proj", or a regex on module paths; None: DEFAULT_TARGETS
     use_dora: bool = False
     use_rslora: bool = False
     max_steps: int | None = None
@@ -56,9 +62,20 @@ class TrainConfig:
     max_bad_steps: int = 5
     val_fraction: float = 0.05  # only for a single JSONL file; a curated dir brings its own val.jsonl
     loss_chunk: int = 128  # positions per lm_head + cross-entropy chunk: [128, V] fp32 logits at a time (134 MB for Gemma)
+    class_weights: str | None = None  # classification: "balanced" or "LABEL=W,..." (train/classify.py)
+    resolution: int = 512  # diffusion: images are resized and center-cropped to this square
     progress: bool = True
 
     def __post_init__(self) -> None:
+        if self.task not in TASKS:
+            raise ConfigError(f"task must be one of {', '.join(TASKS)}, got {self.task!r}")
+        if self.targets is None:
+            self.targets = DEFAULT_TARGETS[self.task]
+        if self.task != "lm" and (self.quantize or self.replay or self.precision != "fp32" or self.grad_checkpointing):
+            raise ConfigError("--quantize, --replay, --precision bf16 and --grad-checkpointing are for the lm task only")
+        if self.class_weights is not None and self.task != "classification":
+            raise ConfigError("--class-weights is for --task classification")
+        _positive("resolution", self.resolution)
         _positive("rank", self.rank)
         _positive("alpha", self.alpha, number=True)
         _positive("lr", self.lr, number=True)

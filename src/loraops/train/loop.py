@@ -1,9 +1,9 @@
 """The training loop: `run(config)` loads the base and the data, `train(...)` is the algorithm.
 
-One optimizer step = `grad_accum` micro-batches of `batch_size` packed rows (split across processes).
-Its loss is the sum of token losses over the whole step divided by the step's loss-token count,
-which every process knows in advance, so accumulation and data parallelism give exactly the
-gradient of one big batch.
+One optimizer step = `grad_accum` micro-batches of `batch_size` items (split across processes):
+packed rows for the LM task, examples or images for the others (task.py). Its loss is the summed
+loss over the whole step divided by the step's weight (loss tokens, examples), which every process
+knows in advance, so accumulation and data parallelism give exactly the gradient of one big batch.
 """
 
 from __future__ import annotations
@@ -20,12 +20,13 @@ import torch
 import loraops
 from loraops.data.tokenize import IGNORE, PackedRow, pack
 from loraops.errors import ConfigError, TrainDataError, TrainingDivergedError
-from loraops.lora import extract, inject, save_adapter
+from loraops.lora import LoRAConfig, extract, inject, save_adapter
 from loraops.models import LoadedBase, load_base
 from loraops.models.quantize import quantize_int8_
 from loraops.train import distributed
 from loraops.data.replay import replay_records
 from loraops.train.batches import Dataset, attention_mask_for, collate, encode_all, epoch_rows, load_dataset
+from loraops.train.task import EpochPlan
 from loraops.train.checkpoint import list_checkpoints, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from loraops.train.config import TrainConfig
 from loraops.train.distributed import Dist
@@ -43,27 +44,48 @@ class TrainResult:
     skipped_steps: int
     train_loss: float | None
     val_loss: float | None
-    tokens: int  # non-pad tokens processed (all processes)
+    tokens: int  # units processed (all processes): non-pad tokens, or examples/images (`unit`)
     seconds: float
     tokens_per_s: float
+    unit: str = "tokens"
 
 
 def run(config: TrainConfig) -> TrainResult:
     """Train a LoRA adapter as `config` says; the CLI and the Python API both end up here."""
     d = distributed.init()
     try:
-        data = load_dataset(config.data, config.val_fraction, config.seed)
+        data = _load_data(config)
         if d.is_main:  # rank 0 alone converts a base the cache lacks; the others wait for it
             try:
-                base = load_base(config.base)
+                base = _load_base(config, data)
             finally:
                 distributed.barrier(d)
         else:
             distributed.barrier(d)
-            base = load_base(config.base)
+            base = _load_base(config, data)
         return train(base, data, config, d)
     finally:
         distributed.shutdown(d)
+
+
+def _load_data(cfg: TrainConfig):
+    if cfg.task == "diffusion":
+        from loraops.train.diffusion import load_image_captions
+
+        return load_image_captions(cfg.data, cfg.val_fraction, cfg.seed)
+    return load_dataset(cfg.data, cfg.val_fraction, cfg.seed)
+
+
+def _load_base(cfg: TrainConfig, data):
+    if cfg.task == "classification":
+        from loraops.train.classify import labels_of, load_classifier_base
+
+        return load_classifier_base(cfg.base, labels_of(data), cfg.seed)
+    if cfg.task == "diffusion":
+        from loraops.models.diffusion import load_diffusion_base
+
+        return load_diffusion_base(cfg.base, for_training=True)
+    return load_base(cfg.base)
 
 
 def lr_at(step: int, cfg: TrainConfig, total_steps: int) -> float:
@@ -78,35 +100,6 @@ def step_seed(seed: int, step: int, rank: int) -> int:
     """Each (step, process) draws its dropout masks from its own seed: a resumed run, or another
     process count, cannot shift the random stream."""
     return int.from_bytes(hashlib.sha256(f"{seed}/{step}/{rank}".encode()).digest()[:8], "little")
-
-
-class DataPlan:
-    """Which rows each optimizer step gets: epochs of seeded, packed rows, cut into steps of
-    batch_size * grad_accum rows. Position = (epoch, index of the step within the epoch)."""
-
-    def __init__(self, examples, cfg: TrainConfig):
-        self.examples, self.cfg = examples, cfg
-        self.rows_per_step = cfg.batch_size * cfg.grad_accum
-        self._cache: tuple[int, list[PackedRow]] | None = None
-
-    def rows(self, epoch: int) -> list[PackedRow]:
-        if self._cache is None or self._cache[0] != epoch:
-            self._cache = (epoch, epoch_rows(self.examples, self.cfg.seq_len, self.cfg.seed, epoch))
-        return self._cache[1]
-
-    def steps_in(self, epoch: int) -> int:
-        return math.ceil(len(self.rows(epoch)) / self.rows_per_step)
-
-    def total_steps(self) -> int:
-        if self.cfg.max_steps is not None:
-            return self.cfg.max_steps
-        return sum(self.steps_in(e) for e in range(self.cfg.epochs))
-
-    def step_rows(self, epoch: int, index: int) -> list[PackedRow]:
-        return self.rows(epoch)[index * self.rows_per_step:(index + 1) * self.rows_per_step]
-
-    def advance(self, epoch: int, index: int) -> tuple[int, int]:
-        return (epoch, index + 1) if index + 1 < self.steps_in(epoch) else (epoch + 1, 0)
 
 
 def loss_tokens(rows: list[PackedRow]) -> int:
@@ -126,23 +119,23 @@ def lm_loss(model, batch, cfg: TrainConfig) -> torch.Tensor:
                                      getattr(model.config, "final_logit_softcapping", None))
 
 
-def micro_batches(rows: list[PackedRow], cfg: TrainConfig, d: Dist, pad_id: int):
-    """This process's share (rows rank::world) of each micro-batch of the step."""
-    for start in range(0, len(rows), cfg.batch_size):
-        mine = rows[start:start + cfg.batch_size][d.rank::d.world]
+def micro_batches(items: list, cfg: TrainConfig, d: Dist):
+    """This process's share (items rank::world) of each micro-batch of the step."""
+    for start in range(0, len(items), cfg.batch_size):
+        mine = items[start:start + cfg.batch_size][d.rank::d.world]
         if mine:
-            yield collate(mine, pad_id)
+            yield mine
 
 
 @torch.no_grad()
-def evaluate(model, rows: list[PackedRow], cfg: TrainConfig, d: Dist, pad_id: int) -> float | None:
-    """Mean loss per completion token over the validation rows (all processes together)."""
-    if not rows:
+def evaluate(model, task, cfg: TrainConfig, d: Dist) -> float | None:
+    """Mean loss per unit of `task.weight` over the validation items (all processes together)."""
+    if not task.val_items:
         return None
     model.eval()
-    totals = torch.zeros(2, dtype=torch.float64)  # loss sum, tokens
-    for batch in micro_batches(rows, cfg, d, pad_id):
-        totals += torch.tensor([float(lm_loss(model, batch, cfg)), batch.num_loss_tokens], dtype=torch.float64)
+    totals = torch.zeros(2, dtype=torch.float64)  # loss sum, weight
+    for items in micro_batches(task.val_items, cfg, d):
+        totals += torch.tensor([float(task.loss(model, items)[0]), task.weight(items)], dtype=torch.float64)
     model.train()
     distributed.all_reduce_sum_([totals], d)
     return float(totals[0] / totals[1]) if totals[1] > 0 else None
@@ -156,39 +149,84 @@ class Position:
     epoch: int = 0
     batch_index: int = 0
     elapsed: float = 0.0  # seconds spent in training steps
-    tokens: int = 0  # non-pad tokens trained on, all processes
+    tokens: int = 0  # units trained on (non-pad tokens, examples, images), all processes
     bad_streak: int = 0  # non-finite steps in a row
 
 
-def forward_backward(model, params: list[torch.Tensor], rows: list[PackedRow], cfg: TrainConfig, d: Dist,
-                     pad_id: int) -> tuple[float, int]:
-    """Gradient of the step's mean token loss, accumulated over this process's share of its
-    micro-batches and summed over processes. Returns (step loss, non-pad tokens), all processes."""
-    n_loss = loss_tokens(rows)
-    totals = torch.zeros(2, dtype=torch.float64)  # loss sum, tokens
-    for batch in micro_batches(rows, cfg, d, pad_id):
-        loss = lm_loss(model, batch, cfg)
+def forward_backward(model, params: list[torch.Tensor], items: list, task, cfg: TrainConfig, d: Dist
+                     ) -> tuple[float, int]:
+    """Gradient of the step's mean loss (summed loss / task.weight of the whole step), accumulated
+    over this process's share of its micro-batches and summed over processes. Returns (step loss,
+    units processed), all processes."""
+    n_loss = task.weight(items)
+    totals = torch.zeros(2, dtype=torch.float64)  # loss sum, units
+    for mine in micro_batches(items, cfg, d):
+        loss, units = task.loss(model, mine)
         (loss / n_loss).backward()
-        totals += torch.tensor([float(loss.detach()), batch.num_tokens], dtype=torch.float64)
+        totals += torch.tensor([float(loss.detach()), units], dtype=torch.float64)
     distributed.all_reduce_sum_([p.grad for p in params] + [totals], d)
     return float(totals[0]) / n_loss, int(totals[1])
 
 
-def train(base: LoadedBase, data: Dataset, cfg: TrainConfig, d: Dist = Dist()) -> TrainResult:
-    model, tokenizer, out = base.model, base.tokenizer, Path(cfg.out)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    # Replay passages join the training set only: validation stays the task's own data.
-    examples = encode_all(tokenizer, data.train + replay_records(cfg.replay, cfg.seed), cfg.seq_len)
-    if not examples:
-        raise TrainDataError(f"no training example in {cfg.data} has a token to learn from")
-    val_rows = pack(encode_all(tokenizer, data.val, cfg.seq_len), cfg.seq_len)
-    plan = DataPlan(examples, cfg)
+class LMTask:
+    """Causal LM (task.py): examples packed into rows, loss on completion tokens (`lm_loss`)."""
+
+    unit = "tokens"
+
+    def __init__(self, base: LoadedBase, data: Dataset, cfg: TrainConfig):
+        self.cfg, tokenizer = cfg, base.tokenizer
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        # Replay passages join the training set only: validation stays the task's own data.
+        examples = encode_all(tokenizer, data.train + replay_records(cfg.replay, cfg.seed), cfg.seq_len)
+        if not examples:
+            raise TrainDataError(f"no training example in {cfg.data} has a token to learn from")
+        self.val_items = pack(encode_all(tokenizer, data.val, cfg.seq_len), cfg.seq_len)
+        self.plan = EpochPlan(lambda epoch: epoch_rows(examples, cfg.seq_len, cfg.seed, epoch),
+                              cfg.batch_size * cfg.grad_accum, cfg.epochs, cfg.max_steps)
+
+    def lora_config(self) -> LoRAConfig:
+        return self.cfg.lora_config()
+
+    def prepare(self, model) -> None:
+        if self.cfg.quantize == "int8":  # before inject: LoRA wraps the Int8Linears and stays fp32
+            _quantize_base(model)
+
+    def weight(self, rows: list[PackedRow]) -> int:
+        return loss_tokens(rows)
+
+    def loss(self, model, rows: list[PackedRow]) -> tuple[torch.Tensor, int]:
+        batch = collate(rows, self.pad_id)
+        return lm_loss(model, batch, self.cfg), batch.num_tokens
+
+    def step_record(self, rows: list[PackedRow]) -> dict:
+        return {"loss_tokens": loss_tokens(rows)}
+
+    def meta(self) -> dict:
+        return {}
+
+
+def make_task(base, data, cfg: TrainConfig):
+    if cfg.task == "classification":
+        from loraops.train.classify import ClassifyTask
+
+        return ClassifyTask(base, data, cfg)
+    if cfg.task == "diffusion":
+        from loraops.train.diffusion import DiffusionTask
+
+        return DiffusionTask(base, data, cfg)
+    return LMTask(base, data, cfg)
+
+
+def train(base, data, cfg: TrainConfig, d: Dist = Dist()) -> TrainResult:
+    """The loop, for any task (task.py): `base` and `data` are what `run` loaded for it."""
+    model, out = base.model, Path(cfg.out)
+    task = make_task(base, data, cfg)
+    plan, unit = task.plan, task.unit
     total_steps = plan.total_steps()
 
-    if cfg.quantize == "int8":  # before inject: LoRA wraps the Int8Linears and stays fp32
-        _quantize_base(model)
+    task.prepare(model)
     torch.manual_seed(cfg.seed)  # the LoRA init
-    lora_cfg = cfg.lora_config()
+    lora_cfg = task.lora_config()
     inject(model, lora_cfg)
     params = {name: p for name, p in model.named_parameters() if p.requires_grad}
     optimizer = torch.optim.AdamW(params.values(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -199,7 +237,7 @@ def train(base: LoadedBase, data: Dataset, cfg: TrainConfig, d: Dist = Dist()) -
     metrics = MetricsLog(out / "metrics.jsonl", records, enabled=d.is_main)
 
     with progress_bar(cfg.progress and d.is_main) as bar:
-        task = bar.add_task("train", total=total_steps, completed=pos.step, loss="-", tps="-")
+        bar_task = bar.add_task("train", total=total_steps, completed=pos.step, loss="-", tps="-")
         while pos.step < total_steps:
             t0 = time.perf_counter()
             rows = plan.step_rows(pos.epoch, pos.batch_index)
@@ -208,7 +246,7 @@ def train(base: LoadedBase, data: Dataset, cfg: TrainConfig, d: Dist = Dist()) -
                 group["lr"] = lr
             torch.manual_seed(step_seed(cfg.seed, pos.step, d.rank))
             optimizer.zero_grad(set_to_none=False)
-            loss, step_tokens = forward_backward(model, list(params.values()), rows, cfg, d, pad_id)
+            loss, step_tokens = forward_backward(model, list(params.values()), rows, task, cfg, d)
             max_norm = cfg.max_grad_norm if cfg.max_grad_norm > 0 else math.inf
             grad_norm = float(torch.nn.utils.clip_grad_norm_(params.values(), max_norm))
 
@@ -226,16 +264,16 @@ def train(base: LoadedBase, data: Dataset, cfg: TrainConfig, d: Dist = Dist()) -
             pos.elapsed += dt
             pos.tokens += step_tokens
             if pos.bad_streak == 0:
-                metrics.log({"step": pos.step, "loss": loss, "lr": lr, "grad_norm": grad_norm, "tokens": pos.tokens,
-                             "loss_tokens": loss_tokens(rows), "tokens_per_s": step_tokens / dt,
-                             "elapsed": pos.elapsed, "epoch": pos.epoch})
-                bar.update(task, loss=f"{loss:.4f}", tps=f"{step_tokens / dt:,.0f}")
+                metrics.log({"step": pos.step, "loss": loss, "lr": lr, "grad_norm": grad_norm, unit: pos.tokens,
+                             **task.step_record(rows),
+                             f"{unit}_per_s": step_tokens / dt, "elapsed": pos.elapsed, "epoch": pos.epoch})
+                bar.update(bar_task, loss=f"{loss:.4f}", tps=f"{step_tokens / dt:,.0f}")
             pos.step += 1
             pos.epoch, pos.batch_index = plan.advance(pos.epoch, pos.batch_index)
-            bar.update(task, completed=pos.step)
+            bar.update(bar_task, completed=pos.step)
 
             if pos.step % cfg.eval_every == 0 and pos.step < total_steps:
-                val = evaluate(model, val_rows, cfg, d, pad_id)
+                val = evaluate(model, task, cfg, d)
                 if val is not None:
                     metrics.log({"step": pos.step - 1, "val_loss": val})
             if pos.step % cfg.save_every == 0 and pos.step < total_steps and d.is_main:
@@ -244,13 +282,14 @@ def train(base: LoadedBase, data: Dataset, cfg: TrainConfig, d: Dist = Dist()) -
                          "rng": rng_state(), "metrics": metrics.records, "config": cfg.to_dict()}
                 save_checkpoint(out, pos.step, params, state, cfg.keep_checkpoints)
 
-    val_loss = evaluate(model, val_rows, cfg, d, pad_id)
+    val_loss = evaluate(model, task, cfg, d)
     if val_loss is not None:
         metrics.log({"step": pos.step - 1, "val_loss": val_loss})
     result = TrainResult(None, pos.step, sum(1 for r in metrics.records if r.get("skipped")), metrics.last("loss"),
-                         val_loss, pos.tokens, pos.elapsed, pos.tokens / pos.elapsed if pos.elapsed else 0.0)
+                         val_loss, pos.tokens, pos.elapsed, pos.tokens / pos.elapsed if pos.elapsed else 0.0, unit)
     if d.is_main:
-        result.adapter_dir = save_adapter(extract(model, lora_cfg, _meta(base, data, cfg, result)), out / "adapter")
+        meta = {**_meta(base, data, cfg, result), **task.meta()}
+        result.adapter_dir = save_adapter(extract(model, lora_cfg, meta), out / "adapter")
     distributed.barrier(d)
     return result
 
@@ -304,11 +343,11 @@ def _diverged(out: Path, pos: Position) -> TrainingDivergedError:
         "stopping. " + (f"Last good checkpoint: {kept[-1]}" if kept else "No checkpoint was written yet."))
 
 
-def _meta(base: LoadedBase, data: Dataset, cfg: TrainConfig, r: TrainResult) -> dict:
+def _meta(base, data, cfg: TrainConfig, r: TrainResult) -> dict:
     return {"base_fingerprint": base.info.fingerprint, "base_name": base.info.name, "base_source": cfg.base,
             "dataset_digest": data.digest, "hyperparameters": cfg.to_dict(),
-            "metrics": {"train_loss": r.train_loss, "val_loss": r.val_loss, "tokens": r.tokens,
-                        "seconds": round(r.seconds, 3), "tokens_per_s": round(r.tokens_per_s, 1),
+            "metrics": {"train_loss": r.train_loss, "val_loss": r.val_loss, r.unit: r.tokens,
+                        "seconds": round(r.seconds, 3), f"{r.unit}_per_s": round(r.tokens_per_s, 1),
                         "steps": r.steps, "skipped_steps": r.skipped_steps},
             "loraops_version": loraops.__version__, "created_by": "loraops train"}
 
