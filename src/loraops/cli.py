@@ -516,10 +516,26 @@ def serve_cmd(
     threads: Optional[int] = typer.Option(None, "--threads", help="Torch threads (1 is often fastest on a busy CPU)."),
     quantize: Optional[str] = typer.Option(None, "--quantize", help="int8: int8 weights for the base's linear "
                                                                      "layers (CPU), adapters stay fp32."),
+    ray: bool = typer.Option(False, "--ray", help="Scale out on Ray Serve: engine replicas behind an HTTP ingress, "
+                                                  "requests routed to the replica holding their adapter "
+                                                  "(docs/scale-out.md). Needs the `cluster` extra."),
+    replicas: int = typer.Option(2, "--replicas", help="With --ray: engine replicas (each loads the base once)."),
+    ray_address: Optional[str] = typer.Option(None, "--ray-address", help="With --ray: join this Ray cluster "
+                                                                          "(auto or HOST:PORT); default: start Ray "
+                                                                          "on this machine only (loopback)."),
+    threads_per_replica: int = typer.Option(2, "--threads-per-replica", help="With --ray: torch threads per "
+                                                                             "engine replica."),
+    replica_cpus: Optional[float] = typer.Option(None, "--replica-cpus", help="With --ray: Ray CPUs reserved per "
+                                                                              "engine replica (default: its threads)."),
+    ingress_replicas: int = typer.Option(1, "--ingress-replicas", help="With --ray: HTTP ingress replicas."),
+    ingress_cpus: float = typer.Option(0.5, "--ingress-cpus", help="With --ray: Ray CPUs per ingress replica."),
+    affinity: bool = typer.Option(True, "--affinity/--no-affinity", help="With --ray: route each request to a "
+                                                                         "replica holding its adapter, or by load "
+                                                                         "only (for comparison)."),
 ) -> None:
     """Serve the base and its adapters over an OpenAI-compatible HTTP API (many adapters per batch)."""
     from loraops.errors import ConfigError
-    from loraops.serve.config import EngineConfig, ServeOptions, check_options
+    from loraops.serve.config import ClusterOptions, EngineConfig, ServeOptions, check_options
 
     adapters = {}
     for spec in adapter:
@@ -533,6 +549,13 @@ def serve_cmd(
                                      max_kv_tokens=max_kv_tokens, max_queue=max_queue,
                                      max_tokens_cap=max_tokens_cap, speculate=speculate,
                                      speculate_step_tokens=speculate_step_tokens, screen_head=screen_head))
+    cluster = ClusterOptions(replicas, ray_address, threads_per_replica, replica_cpus, ingress_replicas,
+                             ingress_cpus, affinity)
+    if ray:
+        opts.cluster = cluster
+    elif cluster != ClusterOptions():
+        raise ConfigError("--replicas, --ray-address, --threads-per-replica, --replica-cpus, --ingress-replicas, "
+                          "--ingress-cpus and --no-affinity need --ray")
     check_options(opts)
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
@@ -540,7 +563,14 @@ def serve_cmd(
     serve_log.addHandler(handler)
     serve_log.setLevel(logging.INFO)
     serve_log.propagate = False
-    from loraops.serve.server import run
+    if opts.cluster is not None:
+        import importlib.util
+
+        if importlib.util.find_spec("ray") is None:
+            raise ConfigError("--ray needs Ray Serve: pip install 'loraops[cluster]'")
+        from loraops.serve.cluster.app import run
+    else:
+        from loraops.serve.server import run
 
     run(opts)
 

@@ -35,6 +35,7 @@ class ClusterOptions:
     replica_cpus: float | None = None     # Ray CPUs reserved per engine replica; None: threads_per_replica
     ingress_replicas: int = 1             # HTTP ingress replicas (auth, limits, tokenizing, routing)
     ingress_cpus: float = 0.5
+    affinity: bool = True                 # route by adapter (Ray Serve model multiplexing); False: by load only
     view_s: float = 1.0                   # how often each ingress refreshes its view of the replicas
 
 

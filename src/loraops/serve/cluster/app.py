@@ -3,8 +3,8 @@
     HTTP -> Ray's proxy -> Ingress (x ingress_replicas) --multiplexed model id--> EngineReplica (x replicas)
                                    \\-- limits, run-time adapters, metrics --> SharedState (x 1)
 
-Without --ray-address the driver starts a Ray instance of its own on this machine, bound to
-127.0.0.1, and stops it on exit; with one ("auto" or HOST:PORT) it joins that cluster and on exit
+Without --ray-address the driver starts a Ray instance of its own on this machine, every port of it
+bound to 127.0.0.1, and stops it on exit; with one ("auto" or HOST:PORT) it joins that cluster and on exit
 deletes only its application. Every Ray process gets RAY_USAGE_STATS_ENABLED=0 and the driver's
 LORAOPS_* settings (registry URL, home, model cache), so all replicas use one registry.
 """
@@ -66,9 +66,11 @@ def connect(opts: ServeOptions) -> bool:
 
     address = opts.cluster.address
     if address is None:
+        # Ray 2.60 turns a 127.0.0.1 node address into the machine's outward address unless multi-node
+        # clusters are off; with this switch its every port (GCS, raylet, object store) is loopback only.
+        os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
         ray.init(address="local", _node_ip_address="127.0.0.1", include_dashboard=False,
-                 logging_level=logging.WARNING,
-                 runtime_env={"env_vars": replica_env()})
+                 logging_level=logging.WARNING, runtime_env={"env_vars": replica_env()})
     else:
         ray.init(address=address, logging_level=logging.WARNING, runtime_env={"env_vars": replica_env()})
     _check_resources(opts, ray.cluster_resources().get("CPU", 0.0))

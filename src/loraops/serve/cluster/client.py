@@ -93,11 +93,12 @@ class ClusterView:
 
 class ClusterEngine:
     def __init__(self, handle, shared, view: ClusterView, tokenizer, base_name: str, vocab_size: int,
-                 view_s: float = 1.0):
+                 view_s: float = 1.0, affinity: bool = True):
         """handle: the EngineReplica deployment's; shared: the SharedState deployment's (it keeps the
         adapters loaded at run time for replicas that start later); tokenizer and vocab_size: the
         base's (the ingress tokenizes and compiles grammars itself)."""
         self.handle, self.shared, self.view, self.view_s = handle, shared, view, view_s
+        self.affinity = affinity
         self.tokenizer, self.base_name, self.vocab_size = tokenizer, base_name, vocab_size
         self._background: set[asyncio.Task] = set()
 
@@ -148,8 +149,8 @@ class ClusterEngine:
             seq.task.cancel()
 
     def _handle_for(self, ref: ModelRef):
-        if not ref.is_composition and ref.id == self.base_name:
-            return self.handle.options(stream=True)                       # the base: by load alone
+        if not self.affinity or (not ref.is_composition and ref.id == self.base_name):
+            return self.handle.options(stream=True)                       # by load alone
         return self.handle.options(stream=True, multiplexed_model_id=ref.routing_key)
 
     async def _pump(self, seq: RemoteSequence, sink, grammar) -> None:

@@ -84,7 +84,7 @@ class Ingress:
         self.view = ClusterView(engines, c.replicas)
         self.metrics = ClusterMetrics(self.ingress_id)
         self.metrics.view = self.view
-        engine = ClusterEngine(engines, shared, self.view, tokenizer, info.name, vocab, c.view_s)
+        engine = ClusterEngine(engines, shared, self.view, tokenizer, info.name, vocab, c.view_s, c.affinity)
         versions = RegistryVersions() if opts.registry else None
         self.state = AppState(engine, tenants, opts.admin_key, self.metrics, RemoteLimiter(shared),
                               pin_version=versions.exists if versions is not None else None,

@@ -113,6 +113,8 @@ class EngineReplica:
             key = serve.get_multiplexed_model_id()
             if key:
                 await self._hold(key)
+            elif any(p.version is not None for p in model.parts):   # routed by load only (--no-affinity)
+                await asyncio.to_thread(self._pin, model.routing_key)
             constraint = None if grammar is None else await asyncio.to_thread(
                 RowConstraint, grammar, self.engine.tokenizer, self.engine.vocab_size)
             seq = self.engine.submit(tenant, model, prompt, params, sink, constraint)
