@@ -66,10 +66,12 @@ def _bearer(request: Request) -> str | None:
     return h[7:].strip() if h[:7].lower() == "bearer " else None
 
 
-def create_app(state: AppState) -> FastAPI:
+def create_app(state: AppState, routers=()) -> FastAPI:
     app = FastAPI(title="loraops", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.serve = state
     engine, metrics = state.engine, state.metrics
+    for router in routers:
+        app.include_router(router)
 
     @app.exception_handler(ServeError)
     async def _serve_error(request: Request, e: ServeError):
@@ -200,7 +202,7 @@ def create_app(state: AppState) -> FastAPI:
             prompt = await run_in_threadpool(encode, req)
             engine.check_lengths(len(prompt), req.params.max_tokens)
             constraint = await run_in_threadpool(make_constraint, req) if req.schema is not None else None
-            lease = state.limiter.acquire(tenant, len(prompt) + req.params.max_tokens)
+            lease = await state.limiter.acquire_async(tenant, len(prompt) + req.params.max_tokens)
         except ServeError as e:
             count(label_model, tenant.name, e)
             raise

@@ -78,6 +78,11 @@ class Limiter:
                 TokenBucket(rl.tokens_per_minute, self._clock) if rl.tokens_per_minute else None)
         return self._states[t.name]
 
+    async def acquire_async(self, tenant: Tenant, tokens: int) -> Lease:
+        """`acquire`, for the HTTP routes: they await it, so that a limiter elsewhere (the cluster's
+        shared one, serve/cluster/shared.py) is asked without blocking the event loop."""
+        return self.acquire(tenant, tokens)
+
     def acquire(self, tenant: Tenant, tokens: int) -> Lease:
         """Admit one request needing up to `tokens` tokens, or raise RateLimitError (429)."""
         with self._lock:

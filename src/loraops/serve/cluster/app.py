@@ -44,13 +44,15 @@ def build_app(opts: ServeOptions):
     tenants = Tenants.load(opts.tenants) if opts.tenants else None     # read here: no node needs the file
     runtime = {"env_vars": replica_env()}
     per_replica = e.max_batch + e.max_queue                # what one engine runs and queues (its FairQueue)
+    quiet = {"enable_access_log": False}                   # internal calls: a log line each would drown the rest
     shared = serve.deployment(SharedState, name="SharedState", num_replicas=1, max_ongoing_requests=1000,
-                              ray_actor_options={"num_cpus": 0.05, "runtime_env": runtime}).bind()
+                              ray_actor_options={"num_cpus": 0.05, "runtime_env": runtime},
+                              logging_config=quiet).bind()
     engines = serve.deployment(
         EngineReplica, name="EngineReplica", num_replicas=c.replicas,
         ray_actor_options={"num_cpus": c.replica_cpus or c.threads_per_replica, "runtime_env": runtime},
         max_ongoing_requests=per_replica, max_queued_requests=e.max_queue, health_check_period_s=5,
-        graceful_shutdown_timeout_s=10, max_constructor_retry_count=2).bind(opts, shared)
+        graceful_shutdown_timeout_s=10, max_constructor_retry_count=2, logging_config=quiet).bind(opts, shared)
     ingress = serve.deployment(
         serve.ingress()(Ingress), name="Ingress", num_replicas=c.ingress_replicas,
         ray_actor_options={"num_cpus": c.ingress_cpus, "runtime_env": runtime},
@@ -62,13 +64,14 @@ def build_app(opts: ServeOptions):
 def connect(opts: ServeOptions) -> bool:
     """Start or join Ray; True if this process started it (and must stop it)."""
     os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
-    import ray
-
     address = opts.cluster.address
     if address is None:
         # Ray 2.60 turns a 127.0.0.1 node address into the machine's outward address unless multi-node
-        # clusters are off; with this switch its every port (GCS, raylet, object store) is loopback only.
+        # clusters are off; with this switch (read when ray is imported) every Ray port is loopback only.
         os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    import ray
+
+    if address is None:
         ray.init(address="local", _node_ip_address="127.0.0.1", include_dashboard=False,
                  logging_level=logging.WARNING, runtime_env={"env_vars": replica_env()})
     else:
@@ -100,7 +103,6 @@ def run(opts: ServeOptions) -> None:
     if opts.tenants is None:
         log.warning("--insecure-no-auth: every client can use every model; do not expose this server")
     opts.admin_key = opts.admin_key or os.environ.get("LORAOPS_ADMIN_KEY") or None
-    opts.metrics_key = opts.metrics_key or os.environ.get("LORAOPS_METRICS_KEY") or None
     import ray
     from ray import serve
 

@@ -93,12 +93,12 @@ class ClusterView:
 
 class ClusterEngine:
     def __init__(self, handle, shared, view: ClusterView, tokenizer, base_name: str, vocab_size: int,
-                 view_s: float = 1.0, affinity: bool = True):
+                 view_s: float = 1.0, affinity: bool = True, metrics=None):
         """handle: the EngineReplica deployment's; shared: the SharedState deployment's (it keeps the
         adapters loaded at run time for replicas that start later); tokenizer and vocab_size: the
-        base's (the ingress tokenizes and compiles grammars itself)."""
+        base's (the ingress tokenizes and compiles grammars itself); metrics: metrics.ClusterMetrics."""
         self.handle, self.shared, self.view, self.view_s = handle, shared, view, view_s
-        self.affinity = affinity
+        self.affinity, self.metrics = affinity, metrics
         self.tokenizer, self.base_name, self.vocab_size = tokenizer, base_name, vocab_size
         self._background: set[asyncio.Task] = set()
 
@@ -175,32 +175,50 @@ class ClusterEngine:
             except (RayActorError, ReplicaUnavailableError) as e:
                 if seq.streamed or attempt == 2:
                     log.warning("engine replica lost while answering (%s)", type(e).__name__)
+                    self._count("lost_failures")
                     sink(ErrorEvent(ReplicaLostError("the engine replica serving this request went away; "
                                                      "retry the request")))
                     return
                 log.warning("engine replica lost before answering (%s): sending the request once more",
                             type(e).__name__)
+                self._count("lost_retries")
             except Exception:
                 log.exception("request to an engine replica failed")
                 sink(ErrorEvent(InternalError("internal error while generating")))
                 return
 
+    def _count(self, counter: str) -> None:
+        if self.metrics is not None:
+            getattr(self.metrics, counter).inc()
+
     # ---- adapters loaded at run time (admin routes) ------------------------------------------
 
     def add_adapter(self, model_id: ModelRef | str, path: str, force: bool = False) -> AdapterEntry:
-        """Serve `path` as `model_id` on every replica (blocking: call it from a worker thread). If any
-        replica refuses it, it is removed from the others and the first refusal is raised."""
+        """Serve `path` as `model_id` on every replica (blocking: call it from a worker thread). Each
+        replica validates it as one process would; if every one refuses, they keep what they served
+        and the refusal is raised. If only some refuse (a path missing on some node), the name is
+        removed everywhere rather than served differently by different replicas."""
         name = model_id.id if isinstance(model_id, ModelRef) else model_id
+        before = self.shared.adapters.remote().result(timeout_s=30).get(name)
+        self.shared.set_adapter.remote(name, path, force).result(timeout_s=30)   # replicas starting now get it
         results = self.handle.broadcast("add_adapter", name, path, force).results(timeout_s=120,
                                                                                  return_exceptions=True)
-        failed = [r for r in results if not isinstance(r, AdapterEntry)]
-        if failed or not results:
-            if len(failed) < len(results):
-                self.handle.broadcast("remove_adapter", name).results(timeout_s=30, return_exceptions=True)
-            error = failed[0] if failed else OverloadedError("no engine replica is running")
-            raise error if isinstance(error, LoraOpsError) else LoraOpsError(f"an engine replica failed: {error}")
-        self.shared.set_adapter.remote(name, path, force).result(timeout_s=30)
-        return results[0]
+        entries = [r for r in results if isinstance(r, AdapterEntry)]
+        if results and len(entries) == len(results):
+            return entries[0]
+        refusal = next((r for r in results if not isinstance(r, AdapterEntry)), None)
+        if entries:                                        # some serve it, some refused
+            self.shared.drop_adapter.remote(name).result(timeout_s=30)
+            self.handle.broadcast("remove_adapter", name).results(timeout_s=30, return_exceptions=True)
+            raise LoraOpsError(f"{len(results) - len(entries)} of {len(results)} engine replicas refused it "
+                               f"({refusal}); it is served by none now")
+        if before is None:
+            self.shared.drop_adapter.remote(name).result(timeout_s=30)
+        else:
+            self.shared.set_adapter.remote(name, *before).result(timeout_s=30)
+        if refusal is None:
+            raise OverloadedError("no engine replica is running; retry shortly", retry_after=2.0)
+        raise refusal if isinstance(refusal, LoraOpsError) else LoraOpsError(f"an engine replica failed: {refusal}")
 
     def remove_adapter(self, model_id: ModelRef | str) -> bool:
         """Stop serving `model_id` on every replica. Called on the event loop: the replicas are told

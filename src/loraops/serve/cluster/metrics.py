@@ -14,14 +14,14 @@ ones that had to load it.
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry, Counter, generate_latest
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from prometheus_client.samples import Sample
 
 from loraops.serve.metrics import ServeMetrics
 
 REQUEST_FAMILIES = frozenset({"loraops_requests", "loraops_prompt_tokens", "loraops_completion_tokens",
-                              "loraops_errors"})
+                              "loraops_errors", "loraops_replica_lost_retries", "loraops_replica_lost_failures"})
 
 
 def merge(sources: list[tuple[dict[str, str], list[Metric]]]) -> list[Metric]:
@@ -59,6 +59,10 @@ class ClusterMetrics(ServeMetrics):
     def __init__(self, ingress_id: str):
         super().__init__()
         self.ingress_id = ingress_id
+        self.lost_retries = Counter("loraops_replica_lost_retries", "Requests sent again because their engine "
+                                    "replica went away before answering.", registry=self.registry)
+        self.lost_failures = Counter("loraops_replica_lost_failures", "Requests failed with 503 because their "
+                                     "engine replica went away while answering.", registry=self.registry)
         self.view = None                              # client.ClusterView, set by the ingress
         self.ingresses: dict[str, list[Metric]] = {}  # every ingress's request families (SharedState.report)
 
