@@ -16,9 +16,12 @@ prompts of 20-60 tokens, --min-new..--max-new greedy tokens), replayed in real t
 Affinity hit rate: slot hits / (hits + misses), summed over the replicas' /metrics. Each request's
 adapter is looked up once when a replica admits it: a hit means that replica already held it (a
 miss is an adapter load from disk). Reported over the whole trace and after the first --warmup
-requests (the cold first touch of each adapter left out). The hop trace is the first --hop-requests
-requests of the same trace, evenly spaced at --hop-rate (low, so that queueing does not hide the hop), each
-system's per-request latency measured by the client, p50 and p99.
+requests (the cold first touch of each adapter left out), beside the ceiling: the share of the
+trace's requests that go to its replicas x slots most requested adapters, what a cluster whose
+slots always held exactly those would hit. The hop trace is the first --hop-requests
+requests of the same trace, evenly spaced at --hop-rate (low, so that queueing does not hide the hop), after
+8 untimed requests; each system's per-request latency measured by the client, p50 and p99. Both run
+the engine with --threads-per-replica torch threads.
 
     .venv/bin/python bench/cluster.py [--base tiny|gemma-3-270m|DIR] [--adapters 128] [--replicas 4]
         [--slots 16] [--requests 2000] [--rate 20] [--warmup 400] [--hop-requests 200] [--hop-rate 2]
@@ -39,6 +42,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -218,19 +222,21 @@ def main() -> None:
                   f"{r['lat50'] * 1e3:.0f} ms | {r['lat99'] * 1e3:.0f} ms |")
         print(f"\nhit rate, affinity / load-only: {rows[0]['hit'] / max(rows[1]['hit'], 1e-9):.2f}x; adapter loads: "
               f"{rows[1]['loads_per_1k'] / max(rows[0]['loads_per_1k'], 1e-9):.1f}x fewer with affinity")
+        counts = sorted(Counter(a for _, a, _, _ in tr).values(), reverse=True)
+        print(f"ceiling: {sum(counts[:args.replicas * args.slots]) / len(tr):.1%} of this trace's requests are for its "
+              f"{args.replicas * args.slots} most requested adapters (all slots of the cluster holding exactly those)")
     if not args.skip_hop:
         hop = [(i / args.hop_rate, a, prompt, new) for i, (_, a, prompt, new) in enumerate(tr[:args.hop_requests])]
+        warm_up = [(i / args.hop_rate, a, prompt, new) for i, (_, a, prompt, new) in enumerate(tr[-8:])]
         lat = {}
-        single = Server(common, work / "single.log", args.start_timeout)
-        try:
-            lat["single"] = replay(single.url, hop, names)
-        finally:
-            single.stop()
-        one = Server(cluster_args(args, common, 1), work / "ray1.log", args.start_timeout)
-        try:
-            lat["ray-1"] = replay(one.url, hop, names)
-        finally:
-            one.stop()
+        for name, server_args in (("single", [*common, "--threads", str(args.threads_per_replica)]),
+                                  ("ray-1", cluster_args(args, common, 1))):
+            server = Server(server_args, work / f"{name}.log", args.start_timeout)
+            try:
+                replay(server.url, warm_up, names)              # first calls (allocations, kernels): untimed
+                lat[name] = replay(server.url, hop, names)
+            finally:
+                server.stop()
         print(f"\nhop: {len(hop)} requests at {args.hop_rate:g}/s, one engine with {args.slots} slots\n")
         print("| server | latency p50 | p99 |\n|---|---|---|")
         for name, xs in lat.items():

@@ -206,6 +206,20 @@ def test_streaming_equals_non_streaming(cluster):
     assert chunks[-1].usage.completion_tokens == whole.usage.completion_tokens
 
 
+def test_a_client_that_goes_away_stops_its_generation_on_the_replica(cluster):
+    full = client(cluster, ACME).completions.create(model="a", prompt="The quick brown", max_tokens=64, temperature=0)
+    assert full.usage.completion_tokens == 64                         # it would run to max_tokens
+    before = total(scrape(cluster), "loraops_replica_tokens_total")
+    with httpx.stream("POST", cluster["url"] + "/v1/completions", headers={"Authorization": f"Bearer {ACME}"},
+                      json={"model": "a", "prompt": "The quick brown", "max_tokens": 64, "temperature": 0,
+                            "stream": True}, timeout=60) as r:
+        for line in r.iter_lines():
+            if line.startswith("data: {"):
+                break                                                  # one chunk, then hang up
+    generated = total(scrape(cluster), "loraops_replica_tokens_total") - before
+    assert 1 <= generated < 64
+
+
 def test_concurrent_mixed_adapter_outputs_equal_the_single_process_engine(cluster, reference):
     jobs = [(m, p, 12) for m in ("a", "b", "d", "e", "p", "a:0.7+b:0.3") for p in PROMPTS[:2]]
     with cf.ThreadPoolExecutor(len(jobs)) as pool:

@@ -76,7 +76,11 @@ def connect(opts: ServeOptions) -> bool:
                  logging_level=logging.WARNING, runtime_env={"env_vars": replica_env()})
     else:
         ray.init(address=address, logging_level=logging.WARNING, runtime_env={"env_vars": replica_env()})
-    _check_resources(opts, ray.cluster_resources().get("CPU", 0.0))
+    try:
+        _check_resources(opts, ray.cluster_resources().get("CPU", 0.0))
+    except ConfigError:
+        ray.shutdown()
+        raise
     return address is None
 
 
@@ -103,10 +107,14 @@ def run(opts: ServeOptions) -> None:
     if opts.tenants is None:
         log.warning("--insecure-no-auth: every client can use every model; do not expose this server")
     opts.admin_key = opts.admin_key or os.environ.get("LORAOPS_ADMIN_KEY") or None
+    url = os.environ.get("LORAOPS_DB_URL", "")
+    if opts.registry and opts.cluster.address is not None and not url.startswith("postgresql"):
+        log.warning("the registry is SQLite (%s): every node must see that one file; on several machines use "
+                    "PostgreSQL (LORAOPS_DB_URL)", url or "in $LORAOPS_HOME")
+    owned = connect(opts)                                  # first: it sets what Ray reads when imported
     import ray
     from ray import serve
 
-    owned = connect(opts)
     stop = threading.Event()
     previous = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGINT, signal.SIGTERM)}
     try:

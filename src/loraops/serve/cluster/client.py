@@ -128,9 +128,6 @@ class ClusterEngine:
         return (self.view.fresh(3 * self.view_s + VIEW_TIMEOUT_S) and len(snaps) >= self.view.expected
                 and all(s.alive for s in snaps))
 
-    def queue_depth(self) -> int:
-        return sum(s.queue for s in self.view.snapshots.values())
-
     # ---- requests ----------------------------------------------------------------------------
 
     def submit(self, tenant: str, model: ModelRef | str, prompt: list[int], params: SamplingParams, sink,
@@ -225,8 +222,8 @@ class ClusterEngine:
         without waiting, and the answer is the view's (was it served?)."""
         name = model_id.id if isinstance(model_id, ModelRef) else model_id
         known = name in self.view.served()
-        for snap in self.view.snapshots.values():          # gone from the view now, not at the next refresh
-            self.view.snapshots[snap.replica] = _without(snap, name)
+        # gone from the view now, not at the next refresh
+        self.view.snapshots = {r: _without(snap, name) for r, snap in self.view.snapshots.items()}
         self._spawn(self.handle.broadcast("remove_adapter", name).results_async(timeout_s=30,
                                                                               return_exceptions=True))
         self.shared.drop_adapter.remote(name)

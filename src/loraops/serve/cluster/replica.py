@@ -23,6 +23,7 @@ import logging
 import os
 from dataclasses import dataclass
 
+from prometheus_client import Counter, ProcessCollector
 from ray import serve
 
 from loraops.errors import LoraOpsError
@@ -80,6 +81,8 @@ class EngineReplica:
         torch.set_num_threads(opts.cluster.threads_per_replica)
         self.replica_id = serve.get_replica_context().replica_id.unique_id
         self.metrics = ServeMetrics()
+        self.tokens = Counter("loraops_replica_tokens", "Tokens this replica generated.", registry=self.metrics.registry)
+        ProcessCollector(registry=self.metrics.registry)      # process_resident_memory_bytes, cpu seconds
         adapters = await shared.adapters.remote()
         self.engine, self.watcher = await asyncio.to_thread(make_engine, opts, self.metrics, adapters)
         self.engine.start()
@@ -128,6 +131,7 @@ class EngineReplica:
                 while not events.empty():
                     batch.append(events.get_nowait())
                 finished = not isinstance(batch[-1], TokenEvent)
+                self.tokens.inc(sum(isinstance(e, TokenEvent) for e in batch))
                 yield [ErrorEvent(portable(e.error)) if isinstance(e, ErrorEvent) else e for e in batch]
         finally:
             if not finished:                               # cancelled by the caller
