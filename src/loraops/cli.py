@@ -489,6 +489,17 @@ def registry_fetch(
 # ---- serve -----------------------------------------------------------------------------------
 
 
+def _log_info(fmt: str, *loggers: str) -> None:
+    """Long-running commands log INFO and up of these loggers to stderr."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter(fmt))
+    for name in loggers:
+        log = logging.getLogger(name)
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+        log.propagate = False
+
+
 @app.command("serve")
 def serve_cmd(
     base: str = typer.Option("gemma-3-270m", "--base", help="Known name, HF model dir or .gguf file."),
@@ -499,6 +510,9 @@ def serve_cmd(
     port: int = typer.Option(8000, "--port"),
     insecure_no_auth: bool = typer.Option(False, "--insecure-no-auth", help="No API keys: local experiments only."),
     admin_key: Optional[str] = typer.Option(None, "--admin-key", help="Key for /admin/ (or env LORAOPS_ADMIN_KEY)."),
+    metrics_key: Optional[str] = typer.Option(None, "--metrics-key", help="Key for /metrics and /ready's details "
+                                                                          "(or env LORAOPS_METRICS_KEY); the admin "
+                                                                          "key works too."),
     max_slots: int = typer.Option(8, "--max-slots", help="Adapters resident at once."),
     max_rank: int = typer.Option(64, "--max-rank", help="Largest adapter rank a slot holds."),
     max_batch: int = typer.Option(16, "--max-batch", help="Sequences per engine step."),
@@ -516,6 +530,14 @@ def serve_cmd(
     threads: Optional[int] = typer.Option(None, "--threads", help="Torch threads (1 is often fastest on a busy CPU)."),
     quantize: Optional[str] = typer.Option(None, "--quantize", help="int8: int8 weights for the base's linear "
                                                                      "layers (CPU), adapters stay fp32."),
+    max_body_bytes: int = typer.Option(2 * 1024 * 1024, "--max-body-bytes", help="Largest JSON request body "
+                                                                                  "(larger: 413, unread)."),
+    max_prompt_chars: int = typer.Option(262_144, "--max-prompt-chars", help="Largest prompt (or all messages) in "
+                                                                             "characters, checked before tokenizing."),
+    workers: int = typer.Option(0, "--workers", help="Fine-tuning workers in this process (needs --registry); "
+                                                     "0: run `loraops worker` processes instead."),
+    max_upload_bytes: int = typer.Option(512 << 20, "--max-upload-bytes",
+                                         help="Largest file /v1/files accepts (413 past it)."),
     ray: bool = typer.Option(False, "--ray", help="Scale out on Ray Serve: engine replicas behind an HTTP ingress, "
                                                   "requests routed to the replica holding their adapter "
                                                   "(docs/scale-out.md). Needs the `cluster` extra."),
@@ -533,9 +555,10 @@ def serve_cmd(
                                                                          "replica holding its adapter, or by load "
                                                                          "only (for comparison)."),
 ) -> None:
-    """Serve the base and its adapters over an OpenAI-compatible HTTP API (many adapters per batch)."""
+    """Serve the base and its adapters over an OpenAI-compatible HTTP API (many adapters per batch).
+    With --registry it also takes fine-tuning jobs (/v1/files, /v1/fine_tuning/jobs)."""
     from loraops.errors import ConfigError
-    from loraops.serve.config import ClusterOptions, EngineConfig, ServeOptions, check_options
+    from loraops.serve.config import ClusterOptions, EngineConfig, HttpLimits, ServeOptions, check_options
 
     adapters = {}
     for spec in adapter:
@@ -544,11 +567,12 @@ def serve_cmd(
             raise ConfigError(f"--adapter {spec!r}: expected NAME=DIR")
         adapters[name] = path
     opts = ServeOptions(base, adapters, str(tenants) if tenants else None, insecure_no_auth, admin_key,
-                        registry, registry_poll, host, port, threads, quantize,
+                        registry, registry_poll, host, port, threads, quantize, workers, max_upload_bytes,
                         EngineConfig(max_slots=max_slots, max_rank=max_rank, max_batch=max_batch,
                                      max_kv_tokens=max_kv_tokens, max_queue=max_queue,
                                      max_tokens_cap=max_tokens_cap, speculate=speculate,
-                                     speculate_step_tokens=speculate_step_tokens, screen_head=screen_head))
+                                     speculate_step_tokens=speculate_step_tokens, screen_head=screen_head),
+                        HttpLimits(max_body_bytes=max_body_bytes, max_prompt_chars=max_prompt_chars), metrics_key)
     cluster = ClusterOptions(replicas, ray_address, threads_per_replica, replica_cpus, ingress_replicas,
                              ingress_cpus, affinity)
     if ray:
@@ -557,12 +581,7 @@ def serve_cmd(
         raise ConfigError("--replicas, --ray-address, --threads-per-replica, --replica-cpus, --ingress-replicas, "
                           "--ingress-cpus and --no-affinity need --ray")
     check_options(opts)
-    handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
-    serve_log = logging.getLogger("loraops.serve")
-    serve_log.addHandler(handler)
-    serve_log.setLevel(logging.INFO)
-    serve_log.propagate = False
+    _log_info("%(levelname)s: %(message)s", "loraops.serve", "loraops.finetune")
     if opts.cluster is not None:
         import importlib.util
 
@@ -573,6 +592,27 @@ def serve_cmd(
         from loraops.serve.server import run
 
     run(opts)
+
+
+# ---- worker ----------------------------------------------------------------------------------
+
+
+@app.command("worker")
+def worker_cmd(
+    lease_seconds: float = typer.Option(60.0, "--lease-seconds", help="A job whose worker stops renewing its "
+                                                                      "lease this long is resumed by another."),
+    poll_seconds: float = typer.Option(1.0, "--poll-seconds", help="How often to look for jobs and cancellations."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="Torch threads per job process."),
+) -> None:
+    """Run fine-tuning jobs from the registry database's queue (LORAOPS_DB_URL), one at a time, until
+    SIGINT or SIGTERM (the running job goes back to the queue and resumes from its last checkpoint)."""
+    from loraops.errors import ConfigError
+    from loraops.finetune import WorkerOptions, run_worker
+
+    if lease_seconds <= 0 or poll_seconds <= 0 or (threads is not None and threads < 1):
+        raise ConfigError("--lease-seconds and --poll-seconds must be > 0, --threads >= 1")
+    _log_info("%(asctime)s %(levelname)s: %(message)s", "loraops.finetune")
+    run_worker(WorkerOptions(lease_s=lease_seconds, poll_s=poll_seconds, threads=threads))
 
 
 # ---- demo ------------------------------------------------------------------------------------

@@ -278,7 +278,7 @@ def test_health_and_ready(env):
 
 def test_metrics_expose_per_adapter_and_engine_series(env):
     post(env, "/v1/completions", {"model": "a", "prompt": "Hello", "max_tokens": 3})
-    text = httpx.get(env["url"] + "/metrics", timeout=10).text
+    text = httpx.get(env["url"] + "/metrics", headers={"Authorization": f"Bearer {ADMIN}"}, timeout=10).text
     assert 'loraops_requests_total{model="a",status="200",tenant="acme"}' in text
     assert 'loraops_completion_tokens_total{model="a",tenant="acme"}' in text
     assert 'loraops_time_to_first_token_seconds_bucket{le="0.005",model="a",tenant="acme"}' in text
@@ -335,7 +335,7 @@ def test_a_composition_of_own_adapters_is_served(env):
     assert r.model == "a:0.7+b:0.3" and r.usage.completion_tokens >= 1
     assert text("a:1+b:0") == text("a")                              # weight 0 adds exactly nothing
     assert sorted(m.id for m in c.models.list()) == ["a", "b"]       # compositions are not models
-    metrics = httpx.get(env["url"] + "/metrics", timeout=10).text
+    metrics = httpx.get(env["url"] + "/metrics", headers={"Authorization": f"Bearer {ADMIN}"}, timeout=10).text
     assert 'loraops_requests_total{model="a+b",status="200",tenant="acme"}' in metrics
 
 

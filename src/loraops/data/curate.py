@@ -68,19 +68,28 @@ class _HashingFile:
 @contextmanager
 def _atomic_outputs(out_dir: Path, names: tuple[str, ...]) -> Iterator[dict[str, _HashingFile]]:
     """Write each named file to a temp file in `out_dir`; only on success do they replace the real ones,
-    so a failed run leaves neither partial files nor temps behind."""
+    so a failed run leaves neither partial files nor temps behind, nor directories it created."""
+    created = [d for d in (out_dir, *out_dir.parents) if not d.exists()]
     out_dir.mkdir(parents=True, exist_ok=True)
     temps = {name: out_dir / f".{name}.tmp-{os.getpid()}" for name in names}
     handles = {name: tmp.open("wb") for name, tmp in temps.items()}
+    ok = False
     try:
         yield {name: _HashingFile(f) for name, f in handles.items()}
         for name, f in handles.items():
             f.close()
             os.replace(temps[name], out_dir / name)
+        ok = True
     finally:
         for name, f in handles.items():
             f.close()
             temps[name].unlink(missing_ok=True)
+        if not ok:
+            for d in created:  # innermost first
+                try:
+                    d.rmdir()
+                except OSError:
+                    break
 
 
 def _drop_reason(record: Record, options: CurateOptions, exact: ExactDedup | None,

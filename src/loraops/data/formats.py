@@ -56,6 +56,11 @@ def _string(obj: dict, key: str, line: int, where: str = "") -> str:
         raise DataFormatError(line, f'missing field "{key}"{where}')
     if not isinstance(obj[key], str):
         raise DataFormatError(line, f'field "{key}"{where} must be a string, got {type(obj[key]).__name__}')
+    try:
+        obj[key].encode("utf-8")
+    except UnicodeEncodeError as e:  # JSON's "\ud800" escapes decode to lone surrogates, which no file can hold
+        raise DataFormatError(line, f'field "{key}"{where} holds a lone surrogate ({obj[key][e.start]!a}), '
+                                    f"not text") from None
     return obj[key]
 
 
@@ -86,6 +91,9 @@ def parse_line(raw: bytes, line: int) -> Record:
         raise DataFormatError(line, f"not UTF-8 (byte {e.start})") from None
     except json.JSONDecodeError as e:
         raise DataFormatError(line, f"bad JSON ({e.msg} at column {e.colno})") from None
+    except (ValueError, RecursionError) as e:  # a >4300-digit integer, nesting too deep for the parser
+        raise DataFormatError(line, f"bad JSON ({'nested too deeply' if isinstance(e, RecursionError) else e})") \
+            from None
     if not isinstance(obj, dict):
         raise DataFormatError(line, f"expected a JSON object, got {type(obj).__name__}")
     if "messages" in obj:

@@ -206,7 +206,7 @@ def start_server(opts: DemoOptions, tenants_file: Path, admin_key: str) -> tuple
     port = _free_port(opts.port)
     env = {**os.environ, "LORAOPS_ADMIN_KEY": admin_key}
     proc = subprocess.Popen([sys.executable, "-m", "loraops", "serve", "--base", opts.base, "--registry",
-                             "--tenants", str(tenants_file),
+                             "--workers", "1", "--tenants", str(tenants_file),
                              "--host", "127.0.0.1", "--port", str(port)], env=env)
     url = f"http://127.0.0.1:{port}"
     try:

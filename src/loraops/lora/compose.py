@@ -22,10 +22,11 @@ import torch
 
 from loraops.errors import AdapterMismatchError, ConfigError
 from loraops.lora.adapter import Adapter, ModuleLoRA
-from loraops.lora.config import config_for_modules
+from loraops.lora.config import config_for_modules, finite_number
 from loraops.lora.merge import lora_delta
 
 METHODS = ("linear", "cat", "svd", "ties", "dare")
+MAX_WEIGHT = 100.0     # a weight beyond this is a typo, not a blend
 
 
 @dataclass
@@ -96,6 +97,12 @@ def _check_compatible(parents: list[Adapter]) -> None:
             raise AdapterMismatchError(f"{path}: adapters disagree on the weight shape {sorted(shapes)}")
 
 
+def _check_finite(path: str, t: torch.Tensor) -> None:
+    """Weighted parents can overflow fp32 even when each is finite: refuse rather than write inf/NaN."""
+    if not bool(torch.isfinite(t).all()):
+        raise ConfigError(f"{path}: the composed weights overflow (non-finite values); use smaller weights")
+
+
 def _parent_entry(ref: str, weight: float) -> dict:
     """Lineage record: a registry ref "name@3" gives name + version; a directory gives its name."""
     name, _, version = ref.rpartition("@") if "@" in ref else (ref, "", "")
@@ -109,6 +116,10 @@ def compose(parents: list[Adapter], weights: list[float], method: str, rank: int
         raise ConfigError(f"unknown compose method {method!r}; choose one of {', '.join(METHODS)}")
     if len(weights) != len(parents):
         raise ConfigError("one weight per adapter")
+    for w in weights:
+        if not finite_number(w) or abs(w) > MAX_WEIGHT:
+            raise ConfigError(f"composition weights must be finite numbers in [-{MAX_WEIGHT:g}, {MAX_WEIGHT:g}], "
+                              f"got {w!r}")
     if not 0 < density <= 1:
         raise ConfigError(f"density must be in (0, 1], got {density}")
     if rank is not None and rank <= 0:
@@ -122,6 +133,7 @@ def compose(parents: list[Adapter], weights: list[float], method: str, rank: int
         if method == "cat":
             A = torch.cat([m.A.float() for m in loras])
             B = torch.cat([w * m.scale * m.B.float() for m, w in zip(loras, weights)], dim=1)
+            _check_finite(path, B)
             modules[path] = ModuleLoRA(A, B, 1.0, kernel_size=loras[0].kernel_size)
             continue
         deltas = [lora_delta(m.A, m.B, m.scale) for m in loras]
@@ -131,6 +143,7 @@ def compose(parents: list[Adapter], weights: list[float], method: str, rank: int
             blended = dare(deltas, weights, density, generator)
         else:
             blended = sum(w * d for d, w in zip(deltas, weights))
+        _check_finite(path, blended)
         A, B, lost, energy = factorize(blended, None if method == "linear" else target_rank)
         modules[path] = ModuleLoRA(A, B, 1.0, kernel_size=loras[0].kernel_size)
         discarded, total = discarded + lost, total + energy

@@ -40,9 +40,9 @@ class LoRAConfig:
     def __post_init__(self) -> None:
         if isinstance(self.r, bool) or not isinstance(self.r, int) or self.r <= 0:
             raise ConfigError(f"rank must be a positive integer, got {self.r!r}")
-        if not (isinstance(self.alpha, (int, float)) and self.alpha > 0):
-            raise ConfigError(f"alpha must be a positive number, got {self.alpha!r}")
-        if not 0.0 <= self.dropout < 1.0:
+        if not _positive_number(self.alpha):
+            raise ConfigError(f"alpha must be a finite positive number, got {self.alpha!r}")
+        if not (finite_number(self.dropout) and 0.0 <= self.dropout < 1.0):
             raise ConfigError(f"dropout must be in [0, 1), got {self.dropout!r}")
         if self.init not in ("default", "gaussian", "random"):
             raise ConfigError(f"init must be 'default', 'gaussian' or 'random', got {self.init!r}")
@@ -50,9 +50,29 @@ class LoRAConfig:
             if not self.target_modules:
                 raise ConfigError("target_modules is empty")
             self.target_modules = list(self.target_modules)
+            if not all(isinstance(t, str) for t in self.target_modules):
+                raise ConfigError("target_modules must be module-name strings")
+        elif not isinstance(self.target_modules, str):
+            raise ConfigError(f"target_modules must be a list of names or a regex string, got "
+                              f"{type(self.target_modules).__name__}")
+        for name in ("layers_pattern", "modules_to_save"):
+            value = getattr(self, name)
+            if value is not None and not (isinstance(value, list) and all(isinstance(v, str) for v in value)):
+                raise ConfigError(f"{name} must be a list of strings")
+        layers = self.layers_to_transform
+        if layers is not None and not (isinstance(layers, list) and all(_integer(i) and i >= 0 for i in layers)):
+            raise ConfigError("layers_to_transform must be a list of layer indices")
         for key, rank in self.rank_pattern.items():
-            if not isinstance(rank, int) or rank <= 0:
+            if not isinstance(key, str) or not _integer(rank) or rank <= 0:
                 raise ConfigError(f"rank_pattern[{key!r}] must be a positive integer, got {rank!r}")
+        for key, alpha in self.alpha_pattern.items():
+            if not isinstance(key, str) or not _positive_number(alpha):
+                raise ConfigError(f"alpha_pattern[{key!r}] must be a finite positive number, got {alpha!r}")
+        for name in ("use_rslora", "use_dora", "fan_in_fan_out"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"{name} must be true or false, got {getattr(self, name)!r}")
+        self.alpha, self.dropout = float(self.alpha), float(self.dropout)
+        self.alpha_pattern = {k: float(v) for k, v in self.alpha_pattern.items()}
 
     def scale(self, r: int, alpha: float) -> float:
         """alpha/r, or alpha/sqrt(r) with rsLoRA (Kalajdzievski 2023)."""
@@ -101,25 +121,27 @@ class LoRAConfig:
         if isinstance(pattern, str):
             pattern = [pattern]
         init = raw.get("init_lora_weights", True)
+        if "r" not in raw:
+            raise AdapterFormatError("invalid adapter_config.json: no rank 'r'")
         try:
             return cls(
-                r=int(raw["r"]),
-                alpha=float(raw.get("lora_alpha", raw["r"])),
-                dropout=float(raw.get("lora_dropout", 0.0)),
+                r=raw["r"],
+                alpha=raw.get("lora_alpha", raw["r"]),
+                dropout=raw.get("lora_dropout", 0.0),
                 target_modules=raw.get("target_modules") or [],
                 layers_to_transform=layers,
                 layers_pattern=pattern,
-                use_rslora=bool(raw.get("use_rslora", False)),
-                use_dora=bool(raw.get("use_dora", False)),
-                fan_in_fan_out=bool(raw.get("fan_in_fan_out", False)),
+                use_rslora=raw.get("use_rslora", False),
+                use_dora=raw.get("use_dora", False),
+                fan_in_fan_out=raw.get("fan_in_fan_out", False),
                 modules_to_save=raw.get("modules_to_save"),
-                rank_pattern=dict(raw.get("rank_pattern") or {}),
-                alpha_pattern=dict(raw.get("alpha_pattern") or {}),
+                rank_pattern=_mapping(raw, "rank_pattern"),
+                alpha_pattern=_mapping(raw, "alpha_pattern"),
                 init="gaussian" if init == "gaussian" else ("random" if init is False else "default"),
-                task_type=raw.get("task_type"),
-                base_model_name_or_path=raw.get("base_model_name_or_path"),
+                task_type=_optional_str(raw, "task_type"),
+                base_model_name_or_path=_optional_str(raw, "base_model_name_or_path"),
             )
-        except (KeyError, TypeError, ValueError, ConfigError) as e:
+        except ConfigError as e:
             raise AdapterFormatError(f"invalid adapter_config.json: {e}") from e
 
     def to_dict(self) -> dict:
@@ -140,3 +162,30 @@ def config_for_modules(ranks: dict[str, int], alphas: dict[str, float], **fields
     return LoRAConfig(r=r, alpha=alpha, target_modules=sorted(ranks),
                       rank_pattern={p: v for p, v in ranks.items() if v != r},
                       alpha_pattern={p: v for p, v in alphas.items() if v != alpha}, **fields)
+
+
+def finite_number(x) -> bool:
+    """A JSON number that is a real value: int or float, not bool, not NaN or infinite."""
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _positive_number(x) -> bool:
+    return finite_number(x) and x > 0
+
+
+def _integer(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _mapping(raw: dict, key: str) -> dict:
+    value = raw.get(key) or {}
+    if not isinstance(value, dict):
+        raise ConfigError(f"{key} must be an object, got {type(value).__name__}")
+    return dict(value)
+
+
+def _optional_str(raw: dict, key: str) -> str | None:
+    value = raw.get(key)
+    if value is not None and not isinstance(value, str):
+        raise ConfigError(f"{key} must be a string, got {type(value).__name__}")
+    return value

@@ -21,7 +21,7 @@ from safetensors.torch import load_file, save_file
 from loraops.atomic import atomic_dir
 from loraops.errors import AdapterFormatError, UnsafeFileError
 from loraops.lora.adapter import Adapter
-from loraops.lora.config import LoRAConfig
+from loraops.lora.config import LoRAConfig, finite_number
 from loraops.lora.conv import from_peft_shapes, peft_shapes
 from loraops.lora.inject import pattern_key
 
@@ -93,7 +93,8 @@ def save_adapter(adapter: Adapter, out_dir: str | os.PathLike) -> Path:
 
 
 def read_adapter(adapter_dir: str | os.PathLike) -> Adapter:
-    """Load an adapter directory written by PEFT or loraops. Refuses pickle weights."""
+    """Load an adapter directory written by PEFT or loraops. Refuses pickle weights, tensors that are
+    not floating point, empty or non-finite (NaN/inf) tensors, and metadata of the wrong shape."""
     d = Path(adapter_dir)
     if not d.exists():
         raise AdapterFormatError(f"adapter directory {str(d)!r} does not exist")
@@ -109,22 +110,71 @@ def read_adapter(adapter_dir: str | os.PathLike) -> Adapter:
         raise AdapterFormatError(f"{d} has no {WEIGHTS_FILE}")
     if not (d / CONFIG_FILE).exists():
         raise AdapterFormatError(f"{d} has no {CONFIG_FILE}")
-    try:
-        raw_config = json.loads((d / CONFIG_FILE).read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise AdapterFormatError(f"{d / CONFIG_FILE} is not valid JSON: {e}") from e
-    if not isinstance(raw_config, dict):
-        raise AdapterFormatError(f"{d / CONFIG_FILE} must hold a JSON object")
-    config = LoRAConfig.from_peft(raw_config)
+    config = LoRAConfig.from_peft(read_json_object(d / CONFIG_FILE))
     try:
         sd = load_file(weights)
-    except (SafetensorError, OSError, ValueError) as e:
+    except (SafetensorError, OSError, ValueError, TypeError) as e:
         raise AdapterFormatError(f"{weights} is not a valid safetensors file: {e}") from e
+    for key, tensor in sd.items():
+        check_tensor(key, tensor)
     modules, saved = from_peft_state_dict(sd, config)
-    meta = {}
-    if (d / META_FILE).exists():
-        try:
-            meta = json.loads((d / META_FILE).read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise AdapterFormatError(f"{d / META_FILE} is not valid JSON: {e}") from e
+    meta = check_meta(read_json_object(d / META_FILE)) if (d / META_FILE).exists() else {}
     return Adapter(config, modules, saved, meta)
+
+
+def read_json_object(path: Path) -> dict:
+    """A JSON file holding one object, as strict JSON (no NaN/Infinity). AdapterFormatError otherwise,
+    including for a path that is a directory or nests too deeply to parse."""
+    def no_constants(name: str):
+        raise ValueError(f"{name} is not valid JSON")
+    try:
+        raw = json.loads(path.read_bytes().decode("utf-8"), parse_constant=no_constants)
+    except OSError as e:
+        raise AdapterFormatError(f"cannot read {path}: {e.strerror or e}") from e
+    except (ValueError, UnicodeDecodeError, RecursionError) as e:   # JSONDecodeError is a ValueError
+        reason = "nested too deeply" if isinstance(e, RecursionError) else str(e)
+        raise AdapterFormatError(f"{path} is not valid JSON: {reason}") from e
+    if not isinstance(raw, dict):
+        raise AdapterFormatError(f"{path} must hold a JSON object, not {type(raw).__name__}")
+    return raw
+
+
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def check_tensor(key: str, tensor: torch.Tensor) -> None:
+    """Refuse what would be silently cast or poison every forward it joins: integer, bool, complex
+    and float8 tensors, empty ones, and NaN/inf values."""
+    if tensor.dtype not in FLOAT_DTYPES:
+        raise AdapterFormatError(f"tensor {key!r} has dtype {str(tensor.dtype).removeprefix('torch.')}; "
+                                 f"adapter weights must be float16, bfloat16, float32 or float64")
+    if tensor.numel() == 0:
+        raise AdapterFormatError(f"tensor {key!r} is empty (shape {tuple(tensor.shape)}): rank 0 or a zero "
+                                 f"dimension")
+    if not bool(torch.isfinite(tensor).all()):
+        raise AdapterFormatError(f"tensor {key!r} holds non-finite values (NaN or inf)")
+
+
+def check_meta(meta: dict, where: str = META_FILE) -> dict:
+    """Type-check the loraops.json fields that loraops reads, before anything relies on them."""
+    for key in ("base_fingerprint", "base_name", "base_source", "dataset_digest", "forced_base"):
+        if meta.get(key) is not None and not isinstance(meta[key], str):
+            raise AdapterFormatError(f"{where}: {key!r} must be a string")
+    for key in ("hyperparameters", "metrics", "composition"):
+        if meta.get(key) is not None and not isinstance(meta[key], dict):
+            raise AdapterFormatError(f"{where}: {key!r} must be a JSON object")
+    parents = meta.get("parents")
+    if parents is None:
+        return meta
+    if not isinstance(parents, list):
+        raise AdapterFormatError(f"{where}: 'parents' must be a list of objects")
+    for i, p in enumerate(parents):
+        if not isinstance(p, dict) or not isinstance(p.get("name"), str) or not p["name"]:
+            raise AdapterFormatError(f"{where}: parents[{i}] must be an object with a 'name'")
+        version, weight = p.get("version"), p.get("weight", 1.0)
+        if version is not None and (isinstance(version, bool) or not isinstance(version, int) or version < 1):
+            raise AdapterFormatError(f"{where}: parents[{i}].version must be a positive integer or null, "
+                                     f"got {json.dumps(version)[:40]}")
+        if not finite_number(weight):
+            raise AdapterFormatError(f"{where}: parents[{i}].weight must be a finite number")
+    return meta

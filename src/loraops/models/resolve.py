@@ -64,7 +64,7 @@ def resolve_base(spec: str, progress: bool = False) -> BaseInfo:
             gguf = assemble_default_gguf(models_dir() / "gguf")
             convert_gguf(gguf, target, console)
         return BaseInfo(spec, target, fingerprint_dir(target))
-    path = Path(spec).expanduser()
+    path = Path(spec).expanduser().absolute()   # absolute: it must name the same base from any working directory
     if path.is_dir():
         _check_hf_dir(path)
         return BaseInfo(path.name, path, fingerprint_dir(path))

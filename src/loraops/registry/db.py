@@ -9,20 +9,30 @@ writer).
 
 from __future__ import annotations
 
+import os
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, create_engine, event, make_url, text
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import ArgumentError, OperationalError
+from sqlalchemy.orm import Session
 
 from loraops.errors import RegistryError
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 READ_ONLY = "loraops_read_only"  # execution option: begin SQLite transactions deferred
 _MIGRATION_LOCK = 0x6C6F72616F7073  # pg advisory lock key ("loraops"): one migrator at a time
+
+
+def default_url(home: Path) -> str:
+    """The registry database: LORAOPS_DB_URL if set, else SQLite in `home`."""
+    return os.environ.get("LORAOPS_DB_URL") or f"sqlite:///{home / 'registry.db'}"
 
 
 def open_database(url: str) -> Engine:
@@ -49,6 +59,23 @@ def open_database(url: str) -> Engine:
         cause = " ".join(str(e.orig).split())  # one line: the CLI prints errors as one line
         raise RegistryError(f"cannot open the registry database {where}: {cause}") from e
     return engine
+
+
+@contextmanager
+def transaction(engine: Engine) -> Iterator[Session]:
+    """A session in one transaction, committed when the block ends (rolled back on error). Pass
+    `reader(engine)` for reads: on SQLite they then begin deferred, beside a writer."""
+    with Session(engine) as s, s.begin():
+        yield s
+
+
+def reader(engine: Engine) -> Engine:
+    return engine.execution_options(**{READ_ONLY: True})
+
+
+def dialect_insert(s: Session):
+    """`insert` of the session's dialect (both have INSERT … ON CONFLICT DO NOTHING)."""
+    return postgresql.insert if s.get_bind().dialect.name == "postgresql" else sqlite.insert
 
 
 def _sqlite_engine(url: str) -> Engine:

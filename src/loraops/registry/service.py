@@ -20,21 +20,19 @@ from __future__ import annotations
 import getpass
 import json
 import os
-from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 from sqlalchemy import func, select
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, selectinload
 
 from loraops import paths
 from loraops.atomic import atomic_dir
-from loraops.errors import (AdapterFormatError, BaseMismatchError, BlobCorruptError, GateFailedError,
+from loraops.errors import (BaseMismatchError, BlobCorruptError, GateFailedError,
                             NotFoundError, RegistryError, UnregisteredBaseError)
 from loraops.registry.blobs import BlobStore, file_digest
-from loraops.registry.db import READ_ONLY, open_database
+from loraops.registry.db import default_url, dialect_insert, open_database, reader, transaction
 from loraops.registry.models import (AdapterRow, AuditRow, BaseModelRow, LineageRow, StageRow, VersionRow,
                                      utcnow)
 from loraops.registry.names import Ref, check_fingerprint, check_name, check_stage
@@ -60,10 +58,10 @@ class Registry:
 
     def __init__(self, url: str | None = None, home: str | os.PathLike | None = None) -> None:
         self.home = Path(home) if home is not None else paths.home()
-        self.url = url or os.environ.get("LORAOPS_DB_URL") or f"sqlite:///{self.home / 'registry.db'}"
+        self.url = url or default_url(self.home)
         self.blobs = BlobStore(self.home / "blobs")
         self._engine = open_database(self.url)
-        self._reader = self._engine.execution_options(**{READ_ONLY: True})
+        self._reader = reader(self._engine)
 
     def close(self) -> None:
         self._engine.dispose()
@@ -100,7 +98,7 @@ class Registry:
         fingerprint = self._fingerprint(src, meta, base_fingerprint)
         if not register_base:
             self._require_base(fingerprint, meta)
-        fields = _version_fields(meta, src)
+        fields = _version_fields(meta)
         # Blobs first, then the row in one transaction: a version never points at missing bytes,
         # and a push killed before the commit leaves only unreferenced blobs behind.
         digest = self._store_files(src)
@@ -259,18 +257,13 @@ class Registry:
 
     # ---- internals ---------------------------------------------------------------------------
 
-    @contextmanager
-    def _write(self) -> Iterator[Session]:
-        with Session(self._engine) as s, s.begin():
-            yield s
+    def _write(self):
+        return transaction(self._engine)
 
-    @contextmanager
-    def _read(self) -> Iterator[Session]:
-        with Session(self._reader) as s, s.begin():
-            yield s
+    def _read(self):
+        return transaction(self._reader)
 
-    def _insert(self, s: Session):
-        return postgresql.insert if s.get_bind().dialect.name == "postgresql" else sqlite.insert
+    _insert = staticmethod(dialect_insert)
 
     def _ensure_base(self, s: Session, fingerprint: str, name: str, source: str | None, actor: str) -> None:
         inserted = s.execute(self._insert(s)(BaseModelRow)
@@ -371,16 +364,10 @@ class Registry:
         s.add(AuditRow(actor=actor, action=action, target=target, reason=reason, details=details))
 
 
-def _version_fields(meta: dict, src: Path) -> dict[str, Any]:
-    """The version's record from loraops.json, type-checked before anything is stored."""
-    fields = {"dataset_digest": meta.get("dataset_digest"),
-              "hyperparameters": meta.get("hyperparameters") or {}, "metrics": meta.get("metrics") or {}}
-    if not isinstance(fields["dataset_digest"], (str, type(None))):
-        raise AdapterFormatError(f"{src}/loraops.json: 'dataset_digest' must be a string")
-    for key in ("hyperparameters", "metrics"):
-        if not isinstance(fields[key], dict):
-            raise AdapterFormatError(f"{src}/loraops.json: {key!r} must be a JSON object")
-    return fields
+def _version_fields(meta: dict) -> dict[str, Any]:
+    """The version's record from loraops.json (its types are checked by read_adapter)."""
+    return {"dataset_digest": meta.get("dataset_digest"), "hyperparameters": meta.get("hyperparameters") or {},
+            "metrics": meta.get("metrics") or {}}
 
 
 def _holds(directory: Path, files: dict[str, dict]) -> bool:

@@ -40,6 +40,15 @@ class ClusterOptions:
 
 
 @dataclass
+class HttpLimits:
+    """Bounds on what one HTTP request may cost before the engine sees it (docs/serving.md, "Limits")."""
+
+    max_body_bytes: int = 2 * 1024 * 1024   # JSON bodies over this are 413, unread
+    max_prompt_chars: int = 262_144         # prompt / messages characters, checked before tokenizing
+    grammar_cache: int = 128                # compiled response_format grammars kept (by schema digest)
+
+
+@dataclass
 class ServeOptions:
     base: str
     adapters: dict[str, str] = field(default_factory=dict)     # name -> directory
@@ -52,7 +61,11 @@ class ServeOptions:
     port: int = 8000
     threads: int | None = None            # torch threads; None: torch's default
     quantize: str | None = None           # "int8": int8 base linears (models/quantize.py), LoRA in fp32
+    workers: int = 0                      # fine-tuning workers in this process (needs the registry)
+    max_upload_bytes: int = 512 << 20     # largest file POST /v1/files takes (413 past it)
     engine: EngineConfig = field(default_factory=EngineConfig)
+    http: HttpLimits = field(default_factory=HttpLimits)
+    metrics_key: str | None = None        # /metrics and /ready details: this key or the admin key
     cluster: ClusterOptions | None = None  # --ray: scale out on Ray Serve
 
 
@@ -65,6 +78,10 @@ def check_options(opts: ServeOptions) -> None:
         raise ConfigError("--tenants and --insecure-no-auth contradict each other; pass one")
     if opts.quantize not in (None, "int8"):
         raise ConfigError(f"--quantize {opts.quantize!r}: only int8 is supported")
+    if opts.workers < 0 or opts.max_upload_bytes < 1:
+        raise ConfigError("--workers must be >= 0 and --max-upload-bytes >= 1")
+    if opts.workers and not opts.registry:
+        raise ConfigError("--workers runs fine-tuning jobs, which live in the registry: add --registry")
     if opts.threads is not None and opts.threads < 1:
         raise ConfigError("--threads must be >= 1")
     if opts.cluster is not None:
@@ -77,12 +94,22 @@ def check_options(opts: ServeOptions) -> None:
         raise ConfigError(f"--speculate must be between 0 and {BATCHED_SPAN - 1}")
     if e.speculate_step_tokens < 0:
         raise ConfigError("--speculate-step-tokens must be >= 0")
+    for name in ("max_body_bytes", "max_prompt_chars", "grammar_cache"):
+        if getattr(opts.http, name) < 1:
+            raise ConfigError(f"--{name.replace('_', '-')} must be >= 1")
+    for name in ("admin_key", "metrics_key"):
+        key = getattr(opts, name)
+        if key is not None and len(key) < 8:
+            raise ConfigError(f"--{name.replace('_', '-')} must be at least 8 characters")
 
 
 def _check_cluster(opts: ServeOptions) -> None:
     c = opts.cluster
     if opts.threads is not None:
         raise ConfigError("--threads sets the single-process server's threads; with --ray use --threads-per-replica")
+    if opts.workers:
+        raise ConfigError("with --ray, run fine-tuning jobs in `loraops worker` processes (--workers runs them "
+                          "inside the single-process server)")
     for name in ("replicas", "threads_per_replica", "ingress_replicas"):
         if getattr(c, name) < 1:
             raise ConfigError(f"--{name.replace('_', '-')} must be >= 1")

@@ -76,3 +76,15 @@ class NonFiniteOutputError(ServeError):
     huge weights, typically): that request fails with 500; the rest of its batch is unaffected."""
 
     status, code, kind = 500, "non_finite_output", "server_error"
+
+
+class PayloadTooLargeError(ServeError):
+    """A request body over the server's limit (--max-body-bytes)."""
+
+    status, code = 413, "request_too_large"
+
+
+class ClientClosedError(ServeError):
+    """The client went away before its request was answered (nginx's 499; never sent, only counted)."""
+
+    status, code = 499, "client_closed_request"

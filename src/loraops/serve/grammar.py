@@ -12,7 +12,10 @@ matcher on. A row finishes when its matcher has stopped (the JSON is complete) o
 
 from __future__ import annotations
 
+import hashlib
 import json
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -52,16 +55,47 @@ def parse_response_format(response_format: dict | None) -> dict | None:
     raise InvalidResponseFormatError(f"response_format type {kind!r} is not one of text, json_object, json_schema")
 
 
+# Compiling costs ~0.45 ms per property (llguidance, this CPU): bounded so that one request's schema
+# costs at most a few hundred milliseconds, once (GrammarCache).
+MAX_SCHEMA_NODES = 1000          # JSON values in the schema (objects, arrays, strings, numbers, ...)
+MAX_SCHEMA_BYTES = 32 * 1024     # its compact JSON
+
+
+def check_schema_size(schema: dict) -> None:
+    """Refuse schemas past MAX_SCHEMA_NODES / MAX_SCHEMA_BYTES, before any compiling."""
+    nodes, stack = 0, [schema]
+    while stack:
+        value = stack.pop()
+        nodes += 1
+        if nodes > MAX_SCHEMA_NODES:
+            raise InvalidResponseFormatError(f"the JSON schema has more than {MAX_SCHEMA_NODES} values; "
+                                             f"this server compiles smaller schemas only")
+        if isinstance(value, dict):
+            stack.extend(value.values())
+        elif isinstance(value, list):
+            stack.extend(value)
+    size = len(json.dumps(schema, separators=(",", ":")))
+    if size > MAX_SCHEMA_BYTES:
+        raise InvalidResponseFormatError(f"the JSON schema is {size} bytes; this server compiles schemas of at "
+                                         f"most {MAX_SCHEMA_BYTES}")
+
+
 def compile_grammar(schema: dict) -> Grammar:
-    """Validate `schema` (JSON Schema meta-schema, then llguidance) and compile it."""
+    """Validate `schema` (size, JSON Schema meta-schema, then llguidance) and compile it."""
     import jsonschema
     import llguidance
 
+    check_schema_size(schema)
     try:
         jsonschema.Draft202012Validator.check_schema(schema)
     except jsonschema.SchemaError as e:
         raise InvalidResponseFormatError(f"invalid JSON schema: {e.message}") from e
-    source = llguidance.LLMatcher.grammar_from_json_schema(schema)
+    except RecursionError:
+        raise InvalidResponseFormatError("the JSON schema nests too deeply") from None
+    try:
+        source = llguidance.LLMatcher.grammar_from_json_schema(schema)
+    except (ValueError, TypeError, RuntimeError) as e:    # what llguidance raises for schemas it cannot take
+        raise InvalidResponseFormatError(f"unsupported JSON schema: {e}") from e
     ok, error = _validate(source)
     if not ok:
         raise InvalidResponseFormatError(f"unsupported JSON schema: {error}")
@@ -75,6 +109,39 @@ def _validate(source: str) -> tuple[bool, str]:
     error = result[1] if isinstance(result, tuple) else result  # (is_error, msg) or msg across versions
     is_error = result[0] if isinstance(result, tuple) else bool(result)
     return (not is_error, error)
+
+
+class GrammarCache:
+    """Compiled grammars (and refusals) by schema digest, least recently used dropped past `maxsize`:
+    a client repeating one schema pays for compiling it once. Thread-safe; two threads compiling the
+    same new schema at once both compile it (the result is the same)."""
+
+    def __init__(self, maxsize: int = 128):
+        self.maxsize = maxsize
+        self._items: OrderedDict[str, Grammar | InvalidResponseFormatError] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def compile(self, schema: dict) -> Grammar:
+        key = hashlib.sha256(dumps_schema(schema).encode()).hexdigest()
+        with self._lock:
+            hit = self._items.get(key)
+            if hit is not None:
+                self._items.move_to_end(key)
+        if hit is None:
+            try:
+                hit = compile_grammar(schema)
+            except InvalidResponseFormatError as e:
+                hit = e
+            with self._lock:
+                self._items[key] = hit
+                while len(self._items) > self.maxsize:
+                    self._items.popitem(last=False)
+        if isinstance(hit, InvalidResponseFormatError):
+            raise InvalidResponseFormatError(str(hit))
+        return hit
+
+    def __len__(self) -> int:
+        return len(self._items)
 
 
 @lru_cache(maxsize=4)

@@ -78,27 +78,42 @@ class Limiter:
                 TokenBucket(rl.tokens_per_minute, self._clock) if rl.tokens_per_minute else None)
         return self._states[t.name]
 
+    def check(self, tenant: Tenant) -> None:
+        """Raise RateLimitError now if a request of this tenant would be refused for its concurrency
+        or request rate, taking nothing: lets the caller refuse before expensive work."""
+        with self._lock:
+            self._refusal(tenant, None)
+
+    # The HTTP routes await these two, so that a limiter elsewhere (the cluster's shared one,
+    # serve/cluster/shared.py) is asked without blocking the event loop.
+
+    async def check_async(self, tenant: Tenant) -> None:
+        self.check(tenant)
+
     async def acquire_async(self, tenant: Tenant, tokens: int) -> Lease:
-        """`acquire`, for the HTTP routes: they await it, so that a limiter elsewhere (the cluster's
-        shared one, serve/cluster/shared.py) is asked without blocking the event loop."""
         return self.acquire(tenant, tokens)
 
     def acquire(self, tenant: Tenant, tokens: int) -> Lease:
         """Admit one request needing up to `tokens` tokens, or raise RateLimitError (429)."""
         with self._lock:
-            s, rl = self._state(tenant), tenant.rate_limit
-            if rl.max_concurrent is not None and s.running >= rl.max_concurrent:
-                raise RateLimitError(f"tenant {tenant.name!r} already has {s.running} requests in flight "
-                                     f"(limit {rl.max_concurrent})", retry_after=1.0)
-            if s.requests is not None and (wait := s.requests.wait_for(1)) > 0:
-                raise RateLimitError(f"rate limit of {rl.requests_per_minute:g} requests per minute reached",
-                                     retry_after=wait)
-            if s.tokens is not None and (wait := s.tokens.wait_for(tokens)) > 0:
-                raise RateLimitError(f"rate limit of {rl.tokens_per_minute:g} tokens per minute reached",
-                                     retry_after=wait)
+            s = self._refusal(tenant, tokens)
             if s.requests is not None:
                 s.requests.take(1)
             if s.tokens is not None:
                 s.tokens.take(tokens)
             s.running += 1
             return Lease(self, s, tokens)
+
+    def _refusal(self, tenant: Tenant, tokens: int | None) -> _State:
+        """The tenant's state if a request (of `tokens`, unless None) fits now; else RateLimitError."""
+        s, rl = self._state(tenant), tenant.rate_limit
+        if rl.max_concurrent is not None and s.running >= rl.max_concurrent:
+            raise RateLimitError(f"tenant {tenant.name!r} already has {s.running} requests in flight "
+                                 f"(limit {rl.max_concurrent})", retry_after=1.0)
+        if s.requests is not None and (wait := s.requests.wait_for(1)) > 0:
+            raise RateLimitError(f"rate limit of {rl.requests_per_minute:g} requests per minute reached",
+                                 retry_after=wait)
+        if tokens is not None and s.tokens is not None and (wait := s.tokens.wait_for(tokens)) > 0:
+            raise RateLimitError(f"rate limit of {rl.tokens_per_minute:g} tokens per minute reached",
+                                 retry_after=wait)
+        return s

@@ -5,7 +5,8 @@ failure nobody foresaw) are logged with the reason and skipped: the server start
 everything else. Likewise one bad registry version never stops the others from being served.
 With a registry, every adapter's production version is served under its name and the registry is
 polled for promotions and rollbacks (hot reload; running requests finish on their version); a
-request for "name@V" serves that exact (immutable) version, registered on first use.
+request for "name@V" serves that exact (immutable) version, registered on first use. With a
+registry the server also takes fine-tuning jobs (loraops.finetune), and `--workers N` runs them.
 """
 
 from __future__ import annotations
@@ -145,14 +146,31 @@ def build(opts: ServeOptions):
     metrics = ServeMetrics()
     engine, watcher = make_engine(opts, metrics)
     admin_key = opts.admin_key or os.environ.get("LORAOPS_ADMIN_KEY") or None
+    metrics_key = opts.metrics_key or os.environ.get("LORAOPS_METRICS_KEY") or None
     app = create_app(AppState(engine, tenants, admin_key, metrics,
-                              pin_version=watcher.pin if watcher is not None else None))
+                              pin_version=watcher.pin if watcher is not None else None,
+                              metrics_key=metrics_key, limits=opts.http,
+                              finetune=fine_tuning_service(opts, engine.base, watcher) if opts.registry else None))
     if opts.registry:
-        mount_dashboard(app, admin_key, metrics, engine.base.info.name)
+        # The gate evaluates on the served base: its directory (absolute), never its display name,
+        # which for `--base DIR` is only DIR's last component.
+        mount_dashboard(app, admin_key, metrics, str(engine.base.info.path))
     return app, engine, watcher
 
 
-def mount_dashboard(app, admin_key: str | None, metrics, base_name: str) -> None:
+def fine_tuning_service(opts: ServeOptions, base, watcher: RegistryWatcher):
+    """The fine-tuning API's service: jobs for this server's base, their models served through the
+    registry watcher's pinned versions."""
+    from pathlib import Path
+
+    from loraops.finetune import FineTuneStore, FineTuning
+
+    spec = str(Path(opts.base).resolve()) if Path(opts.base).exists() else opts.base  # workers may run elsewhere
+    return FineTuning(FineTuneStore(), watcher.registry, base.info.name, spec, base.info.fingerprint,
+                      base.tokenizer, watcher.pin, opts.max_upload_bytes, opts.engine.max_rank)
+
+
+def mount_dashboard(app, admin_key: str | None, metrics, base: str) -> None:
     """/ui: the registry dashboard, for the admin key (read-write) or LORAOPS_DASHBOARD_KEY (read-only).
     Without either key there is no one to sign in, so it is not mounted."""
     from loraops.evals import GateConfig, PromotionGate
@@ -165,7 +183,9 @@ def mount_dashboard(app, admin_key: str | None, metrics, base_name: str) -> None
         log.warning("dashboard not mounted: set an admin key or LORAOPS_DASHBOARD_KEY to use /ui")
         return
     keys = DashboardKeys(admin_keys=[admin_key] if admin_key else [], read_keys=[read_key] if read_key else [])
-    source = RegistrySource(Registry(), gate=PromotionGate(GateConfig(), base=base_name), stats=metrics.live)
+    ft = app.state.serve.finetune
+    source = RegistrySource(Registry(), gate=PromotionGate(GateConfig(), base=base), stats=metrics.live,
+                            jobs=ft.store if ft is not None else None)
     app.include_router(dashboard_router(source, keys))
 
 
@@ -180,6 +200,12 @@ def run(opts: ServeOptions) -> None:
     engine.start()
     if watcher is not None:
         watcher.start()
+    workers = None
+    if opts.workers:
+        from loraops.finetune import WorkerPool
+
+        workers = WorkerPool(opts.workers)
+        workers.start()
     # uvicorn handles SIGINT and SIGTERM itself (graceful shutdown), then re-raises the signal it got
     # under the handler that was there before. For SIGINT that is a KeyboardInterrupt, which uvicorn.run
     # swallows; for SIGTERM the default handler would kill the process before the `finally` below.
@@ -193,6 +219,8 @@ def run(opts: ServeOptions) -> None:
     finally:
         if main_thread:
             signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
+        if workers is not None:
+            workers.stop()             # their job processes stop; the jobs go back to the queue
         if watcher is not None:
             watcher.stop()
         engine.stop()

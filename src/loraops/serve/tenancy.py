@@ -7,6 +7,7 @@ The tenants file (TOML, contract in docs/serving.md):
     adapters = ["acme-invoices", "acme-support"]
     allow_base = false
     rate_limit = { requests_per_minute = 600, tokens_per_minute = 200000, max_concurrent = 8 }
+    fine_tuning = { max_concurrent_jobs = 2, max_file_bytes = 1073741824, max_tokens_per_job = 20000000 }
 
 Keys are kept only as sha256 digests and compared with hmac.compare_digest against every digest
 of every tenant (no early exit), so timing reveals neither a key nor whose key it was. A tenant
@@ -36,12 +37,23 @@ class RateLimit:
 
 
 @dataclass(frozen=True)
+class FineTuningQuota:
+    """The fine-tuning API's per-tenant bounds (docs/fine-tuning-api.md): jobs not yet finished,
+    bytes of all uploaded files together, and training tokens (file tokens × epochs) per job."""
+
+    max_concurrent_jobs: int = 2
+    max_file_bytes: int = 1 << 30
+    max_tokens_per_job: int = 20_000_000
+
+
+@dataclass(frozen=True)
 class Tenant:
     name: str
     key_digests: tuple[bytes, ...] = ()
     adapters: frozenset[str] | None = frozenset()      # None: every adapter (only --insecure-no-auth)
     allow_base: bool = False
     rate_limit: RateLimit = field(default_factory=RateLimit)
+    fine_tuning: FineTuningQuota = field(default_factory=FineTuningQuota)
 
     def can_use(self, model_id: str, base_name: str) -> bool:
         if model_id == base_name:
@@ -71,7 +83,7 @@ def _positive(name: str, tenant: str, value, integer: bool = False):
 def _tenant(name: str, raw: dict) -> Tenant:
     if not isinstance(raw, dict):
         raise ConfigError(f"tenant {name!r} must be a table")
-    unknown = set(raw) - {"api_keys", "api_key_hashes", "adapters", "allow_base", "rate_limit"}
+    unknown = set(raw) - {"api_keys", "api_key_hashes", "adapters", "allow_base", "rate_limit", "fine_tuning"}
     if unknown:
         raise ConfigError(f"tenant {name!r}: unknown field(s) {sorted(unknown)}")
     keys, hashes = raw.get("api_keys", []), raw.get("api_key_hashes", [])
@@ -97,7 +109,18 @@ def _tenant(name: str, raw: dict) -> Tenant:
     limit = RateLimit(_positive("requests_per_minute", name, rl.get("requests_per_minute")),
                       _positive("tokens_per_minute", name, rl.get("tokens_per_minute")),
                       _positive("max_concurrent", name, rl.get("max_concurrent"), integer=True))
-    return Tenant(name, tuple(digests), frozenset(adapters), allow_base, limit)
+    quota = _quota(name, raw.get("fine_tuning", {}))
+    return Tenant(name, tuple(digests), frozenset(adapters), allow_base, limit, quota)
+
+
+def _quota(tenant: str, raw) -> FineTuningQuota:
+    names = ("max_concurrent_jobs", "max_file_bytes", "max_tokens_per_job")
+    if not isinstance(raw, dict) or set(raw) - set(names):
+        raise ConfigError(f"tenant {tenant!r}: fine_tuning takes {', '.join(names)}")
+    for key, value in raw.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise ConfigError(f"tenant {tenant!r}: fine_tuning.{key} must be a positive integer, got {value!r}")
+    return FineTuningQuota(**raw)
 
 
 class Tenants:

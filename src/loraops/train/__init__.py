@@ -6,7 +6,7 @@ data parallelism; metrics.py metrics.jsonl + progress bar; loop.py the loop itse
 """
 
 from loraops.train.config import TrainConfig
-from loraops.train.loop import TrainResult, run, train
+from loraops.train.loop import TrainResult, checkpoint_adapters, run, train
 from loraops.train.loss import chunked_cross_entropy
 
-__all__ = ["TrainConfig", "TrainResult", "chunked_cross_entropy", "run", "train"]
+__all__ = ["TrainConfig", "TrainResult", "checkpoint_adapters", "chunked_cross_entropy", "run", "train"]

@@ -55,6 +55,9 @@ class TrainConfig:
     grad_checkpointing: bool = False
     quantize: str | None = None  # "int8": frozen base linears in int8 (QLoRA-style); LoRA, embeddings, head fp32
     replay: int = 0  # general-text passages mixed into the training set against forgetting (data/replay.py)
+    # An adapter directory to continue training: its config (rank, alpha, targets) and weights start
+    # the run, so rank/alpha/targets/use_dora/use_rslora above are not used. Its base must be `base`.
+    init_adapter: str | None = None
     save_every: int = 100
     keep_checkpoints: int = 2
     eval_every: int = 100

@@ -20,8 +20,8 @@ import torch
 import loraops
 from loraops.data.tokenize import IGNORE, PackedRow, pack
 from loraops.errors import ConfigError, TrainDataError, TrainingDivergedError
-from loraops.lora import LoRAConfig, extract, inject, save_adapter
-from loraops.models import LoadedBase, load_base
+from loraops.lora import Adapter, LoRAConfig, apply_adapter, extract, inject, read_adapter, save_adapter
+from loraops.models import LoadedBase, check_base, load_base
 from loraops.models.quantize import quantize_int8_
 from loraops.train import distributed
 from loraops.data.replay import replay_records
@@ -226,8 +226,7 @@ def train(base, data, cfg: TrainConfig, d: Dist = Dist()) -> TrainResult:
 
     task.prepare(model)
     torch.manual_seed(cfg.seed)  # the LoRA init
-    lora_cfg = task.lora_config()
-    inject(model, lora_cfg)
+    lora_cfg = add_lora(base, cfg, task.lora_config())
     params = {name: p for name, p in model.named_parameters() if p.requires_grad}
     optimizer = torch.optim.AdamW(params.values(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     if cfg.grad_checkpointing:
@@ -292,6 +291,39 @@ def train(base, data, cfg: TrainConfig, d: Dist = Dist()) -> TrainResult:
         result.adapter_dir = save_adapter(extract(model, lora_cfg, meta), out / "adapter")
     distributed.barrier(d)
     return result
+
+
+def add_lora(base: LoadedBase, cfg: TrainConfig, fresh: LoRAConfig | None = None) -> LoRAConfig:
+    """Put the run's LoRA into the base model: fresh (`fresh`, by default cfg.lora_config()), or the
+    weights and config of cfg.init_adapter to continue from. -> the config that describes what was injected."""
+    if cfg.init_adapter is None:
+        lora_cfg = fresh if fresh is not None else cfg.lora_config()
+        inject(base.model, lora_cfg)
+        return lora_cfg
+    parent = read_adapter(cfg.init_adapter)
+    check_base(parent, base.info.name, base.info.fingerprint)
+    parent.config.dropout = cfg.dropout
+    apply_adapter(base.model, parent)
+    return parent.config
+
+
+def checkpoint_adapters(base: LoadedBase, cfg: TrainConfig, checkpoints: list[Path], meta: dict) -> list[Adapter]:
+    """The adapter as it stood at each of `checkpoints` (step-N directories of the run `cfg` describes),
+    built on `base`, a freshly loaded base that this modifies (the run's LoRA is injected into it).
+    Each gets `meta` plus its step as metrics["checkpoint_step"]."""
+    lora_cfg = add_lora(base, cfg)
+    params = {name: p for name, p in base.model.named_parameters() if p.requires_grad}
+    adapters = []
+    for checkpoint in checkpoints:
+        weights, state = load_checkpoint(checkpoint)
+        _check_same_run(state["config"], cfg)
+        with torch.no_grad():
+            for name, p in params.items():
+                p.copy_(weights[name])
+        step = state["position"]["step"]
+        adapters.append(extract(base.model, lora_cfg, {**meta, "metrics": {**meta.get("metrics", {}),
+                                                                            "checkpoint_step": step}}))
+    return adapters
 
 
 def _restore(out: Path, cfg: TrainConfig, params: dict[str, torch.Tensor], optimizer) -> tuple[Position, list[dict]]:

@@ -1,13 +1,19 @@
 """The dashboard: server-rendered pages under /ui, mounted by the API app.
 
 Pages: adapters per tenant; one adapter's versions with stages, lineage, eval results across
-versions and training curves; live serving stats. Promote and rollback go through a confirmation
+versions and training curves; live serving stats; fine-tuning jobs, each with its status, events
+and loss curve (refreshed every 2 seconds while the job runs). Promote and rollback go through a confirmation
 page and are audited by the registry with the actor "dashboard:admin".
+
+Every POST is checked against cross-site requests twice: an Origin header, when the browser sends
+one, must be this server's own (Host); and the forms of a signed-in session carry a CSRF token
+bound to its cookie (auth.py). The session cookie is also SameSite=Strict and HttpOnly.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from fastapi import APIRouter, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
@@ -16,7 +22,7 @@ from fastapi.templating import Jinja2Templates
 from loraops.errors import LoraOpsError
 from loraops.web.auth import COOKIE, TTL_S, DashboardKeys
 from loraops.web.charts import line_chart_svg
-from loraops.web.source import AdapterView, DashboardSource
+from loraops.web.source import AdapterView, DashboardSource, JobView
 
 templates = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
 
@@ -38,6 +44,11 @@ def loss_chart(adapter: AdapterView) -> str:
     return line_chart_svg({k: v for k, v in series.items() if v}, title, x_label="step")
 
 
+def job_loss_chart(job: JobView) -> str:
+    series = {"train loss": job.loss_curve, "val loss": job.val_loss_curve}
+    return line_chart_svg({k: v for k, v in series.items() if v}, f"Loss, {job.id}", x_label="step")
+
+
 def dashboard_router(source: DashboardSource, keys: DashboardKeys) -> APIRouter:
     router = APIRouter(prefix="/ui", include_in_schema=False)
 
@@ -45,10 +56,24 @@ def dashboard_router(source: DashboardSource, keys: DashboardKeys) -> APIRouter:
         return keys.verify(request.cookies.get(COOKIE))
 
     def page(request: Request, template: str, status: int = 200, **ctx) -> HTMLResponse:
-        return templates.TemplateResponse(request, template, {"role": role(request), **ctx}, status_code=status)
+        session = request.cookies.get(COOKIE)
+        return templates.TemplateResponse(request, template, {"role": keys.verify(session),
+                                                              "csrf": keys.csrf_token(session), **ctx},
+                                          status_code=status)
 
     def denied(request: Request) -> Response:
         return RedirectResponse("/ui/login", status_code=303)
+
+    def foreign(request: Request, csrf: str | None = None) -> HTMLResponse | None:
+        """A 403 page for a cross-site POST (wrong Origin, or a missing/wrong CSRF token when `csrf`
+        is checked); None for a request from our own pages."""
+        origin = request.headers.get("origin")
+        if origin is not None and urlsplit(origin).netloc != request.headers.get("host", ""):
+            return page(request, "error.html", status=403, message="Cross-site request refused.")
+        if csrf is not None and not keys.check_csrf(request.cookies.get(COOKIE), csrf):
+            return page(request, "error.html", status=403,
+                        message="This form has expired or was not sent by the dashboard; reload the page.")
+        return None
 
     @router.get("/login", response_class=HTMLResponse)
     def login_form(request: Request):
@@ -56,6 +81,8 @@ def dashboard_router(source: DashboardSource, keys: DashboardKeys) -> APIRouter:
 
     @router.post("/login")
     def login(request: Request, key: str = Form(...)):
+        if (refused := foreign(request)) is not None:
+            return refused
         granted = keys.role_for(key)
         if granted is None:
             return page(request, "login.html", status=401, error="That key is not valid for the dashboard.")
@@ -64,7 +91,10 @@ def dashboard_router(source: DashboardSource, keys: DashboardKeys) -> APIRouter:
         return response
 
     @router.post("/logout")
-    def logout():
+    def logout(request: Request, csrf: str = Form("")):
+        if (refused := foreign(request, csrf)) is not None:
+            return refused
+        keys.revoke(request.cookies.get(COOKIE))
         response = RedirectResponse("/ui/login", status_code=303)
         response.delete_cookie(COOKIE)
         return response
@@ -96,7 +126,9 @@ def dashboard_router(source: DashboardSource, keys: DashboardKeys) -> APIRouter:
 
     @router.post("/adapters/{name}/promote")
     def promote(request: Request, name: str, version: int = Form(...), stage: str = Form("production"),
-                reason: str = Form("")):
+                reason: str = Form(""), csrf: str = Form("")):
+        if (refused := foreign(request, csrf)) is not None:
+            return refused
         if role(request) != "admin":
             return page(request, "error.html", status=403, message="Promote needs the admin key.")
         try:
@@ -107,7 +139,9 @@ def dashboard_router(source: DashboardSource, keys: DashboardKeys) -> APIRouter:
         return RedirectResponse(f"/ui/adapters/{name}?message={message}", status_code=303)
 
     @router.post("/adapters/{name}/rollback")
-    def rollback(request: Request, name: str, stage: str = Form("production")):
+    def rollback(request: Request, name: str, stage: str = Form("production"), csrf: str = Form("")):
+        if (refused := foreign(request, csrf)) is not None:
+            return refused
         if role(request) != "admin":
             return page(request, "error.html", status=403, message="Rollback needs the admin key.")
         try:
@@ -116,6 +150,21 @@ def dashboard_router(source: DashboardSource, keys: DashboardKeys) -> APIRouter:
         except LoraOpsError as e:
             message = f"Rollback refused: {e}"
         return RedirectResponse(f"/ui/adapters/{name}?message={message}", status_code=303)
+
+    @router.get("/jobs", response_class=HTMLResponse)
+    def jobs(request: Request):
+        if role(request) is None:
+            return denied(request)
+        return page(request, "jobs.html", jobs=source.jobs())
+
+    @router.get("/jobs/{job_id}", response_class=HTMLResponse)
+    def job_page(request: Request, job_id: str):
+        if role(request) is None:
+            return denied(request)
+        job = source.job(job_id)
+        if job is None:
+            return page(request, "error.html", status=404, message=f"No fine-tuning job {job_id!r}.")
+        return page(request, "job.html", job=job, loss_chart=job_loss_chart(job))
 
     @router.get("/serving", response_class=HTMLResponse)
     def serving(request: Request):

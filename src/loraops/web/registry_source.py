@@ -1,12 +1,16 @@
-"""The dashboard's data from the registry (and, when serving, from the engine's live stats)."""
+"""The dashboard's data from the registry (and, when serving, from the engine's live stats and the
+fine-tuning jobs in the registry database)."""
 
 from __future__ import annotations
 
+import time
 from typing import Callable
 
-from loraops.errors import NotFoundError
+from loraops.errors import InvalidNameError, NotFoundError
 from loraops.registry import Registry
-from loraops.web.source import AdapterView, VersionView
+from loraops.web.source import AdapterView, JobView, VersionView
+
+MAX_JOBS, MAX_EVENTS = 100, 30
 
 
 def _curve(points) -> list[tuple[float, float]]:
@@ -27,8 +31,10 @@ class RegistrySource:
     """DashboardSource over a Registry. `gate` is the promotion gate the CLI would use;
     `stats` returns the serving engine's live numbers (or {} when nothing is serving)."""
 
-    def __init__(self, registry: Registry, gate=None, stats: Callable[[], dict[str, float]] | None = None):
+    def __init__(self, registry: Registry, gate=None, stats: Callable[[], dict[str, float]] | None = None,
+                 jobs=None):
         self.registry, self.gate, self.stats = registry, gate, stats
+        self.store = jobs  # a finetune.FineTuneStore, or None: no jobs pages data
 
     def adapters(self) -> list[AdapterView]:
         return [self.adapter(a.name) for a in self.registry.list_adapters()]
@@ -36,7 +42,7 @@ class RegistrySource:
     def adapter(self, name: str) -> AdapterView | None:
         try:
             detail = self.registry.show(name)
-        except NotFoundError:
+        except (NotFoundError, InvalidNameError):      # a name that cannot exist is simply not there
             return None
         stages_of: dict[int, list[str]] = {}
         for stage, number in detail.stages.items():
@@ -59,3 +65,34 @@ class RegistrySource:
 
     def serving(self) -> dict[str, float]:
         return self.stats() if self.stats else {}
+
+    def jobs(self) -> list[JobView]:
+        if self.store is None:
+            return []
+        return [_job_view(j) for j in self.store.list_jobs(None, None, MAX_JOBS).items]
+
+    def job(self, job_id: str) -> JobView | None:
+        job = self.store.job(None, job_id) if self.store is not None else None
+        if job is None:
+            return None
+        view = _job_view(job)
+        events = self.store.events(job_id)
+        view.loss_curve = [(e.data["step"], e.data["train_loss"]) for e in events if e.data and "train_loss" in e.data]
+        view.val_loss_curve = [(e.data["step"], e.data["valid_loss"]) for e in events
+                               if e.data and "valid_loss" in e.data]
+        # Every phase's event, but of the per-step losses only the newest: the curve shows the rest.
+        losses = [e for e in events if e.type == "metrics"]
+        shown = [e for e in events if e.type != "metrics" or e is losses[-1]]
+        view.events = [(_when(e.created_at), e.level, e.message) for e in reversed(shown[-MAX_EVENTS:])]
+        return view
+
+
+def _when(unix: int | None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(unix)) if unix else ""
+
+
+def _job_view(job) -> JobView:
+    version = f"{job.registry_name}@{job.registry_version}" if job.registry_version is not None else None
+    return JobView(id=job.id, tenant=job.tenant, status=job.status, model=job.model,
+                   created_at=_when(job.created_at), fine_tuned_model=job.fine_tuned_model,
+                   registry_version=version, error=(job.error or {}).get("message"), gate=job.report.get("gate"))

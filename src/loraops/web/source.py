@@ -32,6 +32,28 @@ class AdapterView:
     versions: list[VersionView] = field(default_factory=list)  # newest first
 
 
+@dataclass
+class JobView:
+    """A fine-tuning job (loraops.finetune) as the jobs pages show it."""
+
+    id: str
+    tenant: str
+    status: str
+    model: str
+    created_at: str
+    fine_tuned_model: str | None = None
+    registry_version: str | None = None        # "name@V"
+    error: str | None = None
+    gate: dict | None = None                   # {"passed", "reason", "promoted", ...}
+    loss_curve: list[tuple[float, float]] = field(default_factory=list)      # (step, train loss)
+    val_loss_curve: list[tuple[float, float]] = field(default_factory=list)  # (step, val loss)
+    events: list[tuple[str, str, str]] = field(default_factory=list)         # (time, level, message), newest first
+
+    @property
+    def active(self) -> bool:
+        return self.status in ("validating_files", "queued", "running")
+
+
 class DashboardSource(Protocol):
     def adapters(self) -> list[AdapterView]: ...
 
@@ -42,3 +64,7 @@ class DashboardSource(Protocol):
     def rollback(self, name: str, stage: str, actor: str) -> int: ...
 
     def serving(self) -> dict[str, float]: ...
+
+    def jobs(self) -> list[JobView]: ...               # newest first; loss curves and events left empty
+
+    def job(self, job_id: str) -> JobView | None: ...

@@ -61,3 +61,18 @@ def test_invalid_tenants_files_are_refused_with_a_clear_error(tmp_path, text, ma
     (tmp_path / "t.toml").write_text(text)
     with pytest.raises(ConfigError, match=match):
         Tenants.load(tmp_path / "t.toml")
+
+
+def test_fine_tuning_quotas_have_defaults_and_are_validated(tenants, tmp_path):
+    from loraops.serve.tenancy import FineTuningQuota
+
+    assert tenants.authenticate("sk-acme-12345678").fine_tuning == FineTuningQuota()
+    (tmp_path / "q.toml").write_text('[tenants.q]\napi_keys = ["sk-q-12345678"]\n'
+                                     'fine_tuning = { max_concurrent_jobs = 1, max_tokens_per_job = 500 }\n')
+    quota = Tenants.load(tmp_path / "q.toml").authenticate("sk-q-12345678").fine_tuning
+    assert (quota.max_concurrent_jobs, quota.max_tokens_per_job) == (1, 500)
+    assert quota.max_file_bytes == FineTuningQuota().max_file_bytes
+    for bad in ("{ max_concurrent_jobs = 0 }", "{ max_jobs = 1 }", "3"):
+        (tmp_path / "bad.toml").write_text(f'[tenants.q]\napi_keys = ["sk-q-12345678"]\nfine_tuning = {bad}\n')
+        with pytest.raises(ConfigError, match="fine_tuning"):
+            Tenants.load(tmp_path / "bad.toml")

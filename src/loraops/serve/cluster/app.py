@@ -107,6 +107,7 @@ def run(opts: ServeOptions) -> None:
     if opts.tenants is None:
         log.warning("--insecure-no-auth: every client can use every model; do not expose this server")
     opts.admin_key = opts.admin_key or os.environ.get("LORAOPS_ADMIN_KEY") or None
+    opts.metrics_key = opts.metrics_key or os.environ.get("LORAOPS_METRICS_KEY") or None
     url = os.environ.get("LORAOPS_DB_URL", "")
     if opts.registry and opts.cluster.address is not None and not url.startswith("postgresql"):
         log.warning("the registry is SQLite (%s): every node must see that one file; on several machines use "

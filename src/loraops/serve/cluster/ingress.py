@@ -13,33 +13,17 @@ import asyncio
 import logging
 import threading
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends
 from ray import serve
 
 from loraops.serve.cluster.client import ClusterEngine, ClusterView
 from loraops.serve.cluster.metrics import ClusterMetrics
 from loraops.serve.cluster.shared import RemoteLimiter
-from loraops.serve.api import AppState, _bearer
 from loraops.serve.config import ServeOptions
-from loraops.serve.errors import AuthError
-from loraops.serve.tenancy import Tenants, digest
+from loraops.serve.deps import AppState, app_state, require_admin
+from loraops.serve.tenancy import Tenants
 
 log = logging.getLogger("loraops.serve")
-
-
-def app_state(request: Request) -> AppState:
-    return request.app.state.serve
-
-
-def require_admin(request: Request) -> None:
-    import hmac
-
-    key = app_state(request).admin_key
-    if key is None:
-        raise AuthError("admin routes are disabled: start the server with --admin-key or LORAOPS_ADMIN_KEY")
-    if not hmac.compare_digest(digest(_bearer(request) or ""), digest(key)):
-        raise AuthError("invalid admin key")
-
 
 router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[Depends(require_admin)])
 
@@ -94,7 +78,7 @@ class Ingress:
         info = await asyncio.to_thread(resolve_base, opts.base)
         tokenizer = await asyncio.to_thread(AutoTokenizer.from_pretrained, info.path)
         vocab = (await asyncio.to_thread(AutoConfig.from_pretrained, info.path)).get_text_config().vocab_size
-        self.base_name = info.name
+        self.base_path = str(info.path)             # the promotion gate evaluates on it
         self.ingress_id = serve.get_replica_context().replica_id.unique_id
         c = opts.cluster
         self.view = ClusterView(engines, c.replicas)
@@ -104,7 +88,8 @@ class Ingress:
                                self.metrics)
         versions = RegistryVersions() if opts.registry else None
         self.state = AppState(engine, tenants, opts.admin_key, self.metrics, RemoteLimiter(shared),
-                              pin_version=versions.exists if versions is not None else None)
+                              pin_version=versions.exists if versions is not None else None,
+                              metrics_key=opts.metrics_key, limits=opts.http)
         self._refresher = asyncio.get_running_loop().create_task(self._refresh_forever())
 
     def __serve_build_asgi_app__(self):
@@ -113,7 +98,7 @@ class Ingress:
 
         app = create_app(self.state, routers=[router])
         if self.opts.registry:
-            mount_dashboard(app, self.opts.admin_key, self.metrics, self.base_name)
+            mount_dashboard(app, self.opts.admin_key, self.metrics, self.base_path)
         return app
 
     async def _refresh_forever(self) -> None:

@@ -1,0 +1,1 @@
+"""The HTTP API's routers: OpenAI routes, admin routes, operations (health, readiness, metrics)."""
