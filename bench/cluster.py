@@ -37,7 +37,6 @@ import argparse
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -48,65 +47,32 @@ from pathlib import Path
 
 import httpx
 
-sys.path.insert(0, str(Path(__file__).parent))
+ROOT = Path(__file__).parents[1]
+sys.path[:0] = [str(ROOT / "bench"), str(ROOT / "tests"), str(ROOT / "tests" / "unit" / "serve")]
+from harness import Server  # noqa: E402  (the tests' `loraops serve` subprocess)
 from serve import make_adapters, trace  # noqa: E402  (bench/serve.py: the shared trace and adapters)
-
-LORAOPS = str(Path(sys.executable).parent / "loraops")
+from tiny import save_tiny  # noqa: E402
 
 
 def tiny_base(out: Path) -> str:
-    sys.path.insert(0, str(Path(__file__).parents[1] / "tests"))
-    from tiny import save_tiny
-
     return str(save_tiny(out / "tiny", "llama"))
 
 
-class Server:
-    """`loraops serve ARGS` on 127.0.0.1 until stopped."""
+def slot_counts(url: str) -> tuple[float, float]:
+    """(slot hits, slot misses) summed over every replica's /metrics."""
+    from prometheus_client.parser import text_string_to_metric_families
 
-    def __init__(self, args: list[str], log: Path, timeout: float):
-        import socket
+    totals = {"loraops_slot_hits": 0.0, "loraops_slot_misses": 0.0}
+    for fam in text_string_to_metric_families(httpx.get(url + "/metrics", timeout=30).text):
+        if fam.name in totals:
+            totals[fam.name] += sum(s.value for s in fam.samples if s.name.endswith("_total"))
+    return totals["loraops_slot_hits"], totals["loraops_slot_misses"]
 
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}"
-        self._log = open(log, "w")
-        env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "HF_HUB_OFFLINE": "1"}
-        self.proc = subprocess.Popen([LORAOPS, "serve", *args, "--insecure-no-auth", "--host", "127.0.0.1",
-                                      "--port", str(self.port)], stdout=self._log, stderr=subprocess.STDOUT, env=env)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited with {self.proc.returncode}; see {log}")
-            try:
-                if httpx.get(self.url + "/ready", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(1)
-        self.stop()
-        raise RuntimeError(f"server not ready after {timeout:.0f}s; see {log}")
 
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(60)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        self._log.close()
-
-    def slot_counts(self) -> tuple[float, float]:
-        """(slot hits, slot misses) summed over every replica."""
-        from prometheus_client.parser import text_string_to_metric_families
-
-        text = httpx.get(self.url + "/metrics", timeout=30).text
-        totals = {"loraops_slot_hits": 0.0, "loraops_slot_misses": 0.0}
-        for fam in text_string_to_metric_families(text):
-            if fam.name in totals:
-                totals[fam.name] += sum(s.value for s in fam.samples if s.name.endswith("_total"))
-        return totals["loraops_slot_hits"], totals["loraops_slot_misses"]
+def start(args, server_args: list[str], log: Path) -> Server:
+    """`loraops serve SERVER_ARGS --insecure-no-auth` on 127.0.0.1 (tests/unit/serve/harness.py)."""
+    return Server([*server_args, "--insecure-no-auth"], log, env={"RAY_USAGE_STATS_ENABLED": "0"},
+                  timeout=args.start_timeout)
 
 
 def replay(url: str, tr, names: list[str], on_done=None) -> list[float]:
@@ -147,7 +113,7 @@ def cluster_args(args, common: list[str], replicas: int) -> list[str]:
 
 def routing_run(args, common, tr, names, affinity: bool, log: Path) -> dict:
     extra = [] if affinity else ["--no-affinity"]
-    server = Server(cluster_args(args, common, args.replicas) + extra, log, args.start_timeout)
+    server = start(args, cluster_args(args, common, args.replicas) + extra, log)
     warm: dict = {}
     lock = threading.Lock()
     done = [0]
@@ -156,14 +122,14 @@ def routing_run(args, common, tr, names, affinity: bool, log: Path) -> dict:
         with lock:
             done[0] += 1
             if done[0] == args.warmup:
-                warm["counts"] = server.slot_counts()
+                warm["counts"] = slot_counts(server.url)
     try:
         t0 = time.perf_counter()
         lat = replay(server.url, tr, names, on_done)
         wall = time.perf_counter() - t0
-        hits, misses = server.slot_counts()
+        hits, misses = slot_counts(server.url)
     finally:
-        server.stop()
+        server.stop(wait=60)
     wh, wm = warm.get("counts", (0.0, 0.0))
     return {"name": "affinity" if affinity else "load-only", "hit": hits / max(1.0, hits + misses),
             "hit_warm": (hits - wh) / max(1.0, hits - wh + misses - wm),
@@ -231,12 +197,12 @@ def main() -> None:
         lat = {}
         for name, server_args in (("single", [*common, "--threads", str(args.threads_per_replica)]),
                                   ("ray-1", cluster_args(args, common, 1))):
-            server = Server(server_args, work / f"{name}.log", args.start_timeout)
+            server = start(args, server_args, work / f"{name}.log")
             try:
                 replay(server.url, warm_up, names)              # first calls (allocations, kernels): untimed
                 lat[name] = replay(server.url, hop, names)
             finally:
-                server.stop()
+                server.stop(wait=60)
         print(f"\nhop: {len(hop)} requests at {args.hop_rate:g}/s, one engine with {args.slots} slots\n")
         print("| server | latency p50 | p99 |\n|---|---|---|")
         for name, xs in lat.items():

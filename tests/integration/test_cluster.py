@@ -230,8 +230,9 @@ def test_concurrent_mixed_adapter_outputs_equal_the_single_process_engine(cluste
 # ---- routing, registry, limits ---------------------------------------------------------------
 
 
-def test_an_adapters_requests_keep_landing_on_the_replica_that_holds_it(cluster):
-    """4 adapters, 3 slots per replica: after a warm-up, every request is a slot hit on one replica."""
+def test_an_adapters_requests_keep_landing_on_a_replica_that_holds_it(cluster):
+    """4 adapters, 3 slots per replica (so no replica holds all): after a warm-up, every request goes
+    to a replica that already holds its adapter — no slot misses, and none to a replica without it."""
     adapters = ["a", "b", "d", "e"]
     misses = total(scrape(cluster), "loraops_slot_misses_total")
     for _ in range(8):                       # warm up until a whole round hits (new keys land at random)
@@ -242,6 +243,8 @@ def test_an_adapters_requests_keep_landing_on_the_replica_that_holds_it(cluster)
         if total(before, "loraops_slot_misses_total") == misses:
             break
         misses = total(before, "loraops_slot_misses_total")
+    holders = {m: {labels["replica"] for n, labels, _ in before
+                   if n == "loraops_cluster_adapter_resident" and labels["model"] == m} for m in adapters}
     jobs = [m for m in adapters for _ in range(6)]
     with cf.ThreadPoolExecutor(8) as pool:
         list(pool.map(lambda m: complete(cluster, ACME, m, "Invoice number", 4), jobs))
@@ -251,8 +254,7 @@ def test_an_adapters_requests_keep_landing_on_the_replica_that_holds_it(cluster)
     for m in adapters:
         was, now = by_label(before, name, "replica", model=m), by_label(after, name, "replica", model=m)
         landed = {r: n - was.get(r, 0.0) for r, n in now.items() if n > was.get(r, 0.0)}
-        assert list(landed.values()) == [6.0], (m, landed)                   # all six on one replica
-    assert {labels["model"] for n, labels, _ in after if n == "loraops_cluster_adapter_resident"} >= set(adapters)
+        assert sum(landed.values()) == 6 and set(landed) <= holders[m], (m, landed, holders[m])
     assert total(after, "loraops_cluster_replicas") == 2
 
 
@@ -284,6 +286,17 @@ def test_a_tenants_rate_limit_holds_across_replicas(cluster):
     assert all(int(after) >= 1 for s, after in results if s == 429)
     counted = by_label(scrape(cluster), "loraops_requests_total", "ingress", tenant="limited")
     assert len(counted) == 2 and sum(counted.values()) == 12          # both ingress replicas took some
+
+
+def test_the_fine_tuning_api_is_served_by_the_ingress(cluster, tmp_path):
+    data = tmp_path / "train.jsonl"
+    data.write_text("".join(json.dumps({"messages": [{"role": "user", "content": f"Route ticket {i}"},
+                                                     {"role": "assistant", "content": "billing"}]}) + "\n"
+                            for i in range(12)))
+    with open(data, "rb") as f:
+        uploaded = client(cluster, ACME).files.create(file=f, purpose="fine-tune")
+    assert uploaded.id in {f.id for f in client(cluster, ACME).files.list()}
+    assert uploaded.id not in {f.id for f in client(cluster, BETA).files.list()}
 
 
 # ---- failure -----------------------------------------------------------------------------------

@@ -150,7 +150,8 @@ def build(opts: ServeOptions):
     app = create_app(AppState(engine, tenants, admin_key, metrics,
                               pin_version=watcher.pin if watcher is not None else None,
                               metrics_key=metrics_key, limits=opts.http,
-                              finetune=fine_tuning_service(opts, engine.base, watcher) if opts.registry else None))
+                              finetune=fine_tuning_service(opts, engine.base.info, engine.tokenizer, watcher.registry,
+                                                       watcher.pin) if opts.registry else None))
     if opts.registry:
         # The gate evaluates on the served base: its directory (absolute), never its display name,
         # which for `--base DIR` is only DIR's last component.
@@ -158,16 +159,16 @@ def build(opts: ServeOptions):
     return app, engine, watcher
 
 
-def fine_tuning_service(opts: ServeOptions, base, watcher: RegistryWatcher):
-    """The fine-tuning API's service: jobs for this server's base, their models served through the
-    registry watcher's pinned versions."""
+def fine_tuning_service(opts: ServeOptions, info, tokenizer, registry, pin):
+    """The fine-tuning API's service: jobs for this server's base (`info`: models.BaseInfo), their
+    models served through `pin` ("name@V" -> servable?: the registry watcher's pinned versions)."""
     from pathlib import Path
 
     from loraops.finetune import FineTuneStore, FineTuning
 
     spec = str(Path(opts.base).resolve()) if Path(opts.base).exists() else opts.base  # workers may run elsewhere
-    return FineTuning(FineTuneStore(), watcher.registry, base.info.name, spec, base.info.fingerprint,
-                      base.tokenizer, watcher.pin, opts.max_upload_bytes, opts.engine.max_rank)
+    return FineTuning(FineTuneStore(), registry, info.name, spec, info.fingerprint, tokenizer, pin,
+                      opts.max_upload_bytes, opts.engine.max_rank)
 
 
 def mount_dashboard(app, admin_key: str | None, metrics, base: str) -> None:

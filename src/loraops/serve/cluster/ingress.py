@@ -1,6 +1,7 @@
 """The HTTP ingress of `loraops serve --ray`: the single-process server's FastAPI app (auth, tenancy,
-limits, OpenAI routes, admin routes, /metrics, /ready, /ui) over a ClusterEngine, a RemoteLimiter
-and ClusterMetrics instead of the local engine, limiter and metrics; plus /admin/cluster.
+limits, OpenAI routes, admin routes, /metrics, /ready, /ui, and with a registry the fine-tuning API,
+whose jobs `loraops worker` processes run) over a ClusterEngine, a RemoteLimiter and ClusterMetrics
+instead of the local engine, limiter and metrics; plus /admin/cluster.
 
 Each ingress replica tokenizes prompts and compiles response_format grammars itself (it loads the
 base's tokenizer, never its weights), refreshes its view of the engine replicas every `view_s`
@@ -73,6 +74,7 @@ class Ingress:
         from transformers import AutoConfig, AutoTokenizer
 
         from loraops.models import resolve_base
+        from loraops.serve.server import fine_tuning_service
 
         self.opts, self.shared = opts, shared
         info = await asyncio.to_thread(resolve_base, opts.base)
@@ -87,9 +89,11 @@ class Ingress:
         engine = ClusterEngine(engines, shared, self.view, tokenizer, info.name, vocab, c.view_s, c.affinity,
                                self.metrics)
         versions = RegistryVersions() if opts.registry else None
+        finetune = None if versions is None else fine_tuning_service(opts, info, tokenizer, versions.registry,
+                                                                     versions.exists)
         self.state = AppState(engine, tenants, opts.admin_key, self.metrics, RemoteLimiter(shared),
                               pin_version=versions.exists if versions is not None else None,
-                              metrics_key=opts.metrics_key, limits=opts.http)
+                              metrics_key=opts.metrics_key, limits=opts.http, finetune=finetune)
         self._refresher = asyncio.get_running_loop().create_task(self._refresh_forever())
 
     def __serve_build_asgi_app__(self):
