@@ -1,7 +1,8 @@
 """`loraops serve --ray` on a real local Ray cluster: 2 engine replicas and 2 ingress replicas, tiny
 models, loopback. The single-process server's checks through the official openai client (tenancy,
-streaming, token-identical concurrent outputs), adapter affinity, a promotion reaching both
-replicas, a tenant's limit held across replicas, and a replica killed under load.
+streaming, token-identical concurrent outputs, a client going away), adapter affinity, a promotion
+reaching both replicas, a tenant's limit held across replicas, admin loads and the fine-tuning API
+through the ingress, and a replica killed under load.
 
 One cluster serves the whole module (Ray and four replicas take about a minute to start on two
 cores); the test that kills a replica runs last.
@@ -35,7 +36,7 @@ ADAPTERS = [("a", 4, ["q_proj", "v_proj"]), ("b", 8, "all-linear"), ("c", 2, ["o
 TENANTS = f"""
 [tenants.acme]
 api_keys = ["{ACME}"]
-adapters = ["a", "b", "d", "e", "p"]
+adapters = ["a", "b", "d", "e", "p", "late", "gone"]
 
 [tenants.beta]
 api_keys = ["{BETA}"]
@@ -71,6 +72,16 @@ def pg_schema_url():
     return url.render_as_string(hide_password=False), drop
 
 
+def ready_everywhere(url: str, timeout: float = 120.0) -> None:
+    """Each ingress replica answers /ready for itself (its own view of the engine replicas), and the
+    proxy picks one per request: wait until ten answers in a row are 200."""
+    deadline, streak = time.monotonic() + timeout, 0
+    while streak < 10:
+        assert time.monotonic() < deadline, "the ingress replicas did not all become ready"
+        streak = streak + 1 if httpx.get(url + "/ready", timeout=10).status_code == 200 else 0
+        time.sleep(0.2)
+
+
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
     from loraops.models import fingerprint_dir
@@ -83,6 +94,8 @@ def cluster(tmp_path_factory):
     model = tiny_llama(0)
     dirs = {n: str(save_adapter(random_adapter(model, r, t, seed=i, meta=meta), d / n))
             for i, (n, r, t) in enumerate(ADAPTERS)}
+    for n, seed in (("late", 21), ("gone", 22)):                     # loaded at run time by the admin route
+        dirs[n] = str(save_adapter(random_adapter(model, 3, ["k_proj", "v_proj"], seed=seed, meta=meta), d / n))
     for v, seed in ((1, 11), (2, 12)):
         dirs[f"p{v}"] = str(save_adapter(random_adapter(model, 4, ["q_proj", "o_proj"], seed=seed, meta=meta),
                                          d / f"p{v}"))
@@ -102,6 +115,7 @@ def cluster(tmp_path_factory):
     server = Server(args, d / "server.log", env={"LORAOPS_HOME": str(home), "LORAOPS_DB_URL": url,
                                                  "RAY_USAGE_STATS_ENABLED": "0"}, timeout=360)
     try:
+        ready_everywhere(server.url)
         yield {"server": server, "url": server.url, "dirs": dirs, "base": base, "registry": reg}
     finally:
         server.stop(wait=90)
@@ -124,6 +138,7 @@ def reference(cluster):
     for n, _, _ in ADAPTERS:
         engine.add_adapter(n, cluster["dirs"][n])
     engine.add_adapter("p", cluster["dirs"]["p1"])
+    engine.add_adapter("late", cluster["dirs"]["late"])
     engine.add_adapter("p@1", cluster["dirs"]["p1"])
     engine.add_adapter("p@2", cluster["dirs"]["p2"])
 
@@ -299,6 +314,40 @@ def test_the_fine_tuning_api_is_served_by_the_ingress(cluster, tmp_path):
     assert uploaded.id not in {f.id for f in client(cluster, BETA).files.list()}
 
 
+def eventually(check, timeout=10.0):
+    """Poll `check` until it holds (another ingress replica sees a change at its next view refresh)."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline
+        time.sleep(0.25)
+
+
+def test_admin_loads_and_unloads_reach_every_replica(cluster, reference):
+    admin = {"Authorization": f"Bearer {ADMIN}"}
+    for name in ("late", "gone"):
+        r = httpx.post(cluster["url"] + "/admin/adapters", headers=admin, timeout=120,
+                       json={"name": name, "path": cluster["dirs"][name]})
+        assert r.status_code == 201, r.text
+
+    def listed():        # /admin/adapters lists what every replica serves
+        return {a["name"] for a in httpx.get(cluster["url"] + "/admin/adapters", headers=admin,
+                                              timeout=30).json()["adapters"]}
+    for _ in range(4):   # both ingress replicas
+        eventually(lambda: {"late", "gone"} <= listed())
+    assert complete(cluster, ACME, "late", "Hello", 10) == reference([("late", "Hello", 10)])[0]
+    assert httpx.delete(cluster["url"] + "/admin/adapters/gone", headers=admin, timeout=30).status_code == 200
+
+    def gone():
+        r = httpx.post(cluster["url"] + "/v1/completions", headers={"Authorization": f"Bearer {ACME}"},
+                       json={"model": "gone", "prompt": "Hello", "max_tokens": 2}, timeout=30)
+        return r.status_code == 404
+    for _ in range(4):
+        eventually(gone)
+    bad = httpx.post(cluster["url"] + "/admin/adapters", headers=admin, timeout=120,
+                     json={"name": "broken", "path": str(cluster["base"])})   # not an adapter directory
+    assert bad.status_code == 400 and bad.json()["error"]["code"] == "adapter_load_failed"
+
+
 # ---- failure -----------------------------------------------------------------------------------
 
 
@@ -325,8 +374,7 @@ def test_a_replica_killed_under_load_fails_cleanly_restarts_and_rejoins(cluster,
     import threading
 
     before = replicas(cluster)
-    victim = before[0]
-    jobs = [(m, p, 48) for m in ("a", "b", "d", "e") for p in PROMPTS[:3]]
+    jobs = [(m, p, 64) for m in ("a", "b", "d", "e") for p in PROMPTS]
     want = dict(zip(jobs, reference(jobs)))
     started = threading.Event()
 
@@ -343,6 +391,11 @@ def test_a_replica_killed_under_load_fails_cleanly_restarts_and_rejoins(cluster,
     with cf.ThreadPoolExecutor(len(jobs)) as pool:
         futures = [pool.submit(run, i) for i in range(len(jobs))]
         assert started.wait(60)
+        deadline = time.monotonic() + 10
+        while not (busy := [r for r in replicas(cluster) if r["running"] > 0]):    # one that holds requests
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        victim = busy[0]
         os.kill(victim["pid"], signal.SIGKILL)
         outcomes = [f.result(timeout=90) for f in futures]                 # nothing hangs
     for job, (kind, value) in zip(jobs, outcomes):
@@ -359,11 +412,9 @@ def test_a_replica_killed_under_load_fails_cleanly_restarts_and_rejoins(cluster,
             break
         assert time.monotonic() - t0 < 180, now
         time.sleep(1)
-    while httpx.get(cluster["url"] + "/ready", timeout=10).status_code != 200:
-        assert time.monotonic() - t0 < 200
-        time.sleep(1)
+    ready_everywhere(cluster["url"])
     newcomer = ({r["id"] for r in now} - {r["id"] for r in before}).pop()
-    again = [(m, "Hello", 8) for m in ("a", "b", "d", "e")] * 2
+    again = [(m, "Hello", 8) for m in ("a", "b", "d", "e", "late")] * 2    # "late": loaded at run time
     with cf.ThreadPoolExecutor(4) as pool:
         got = list(pool.map(lambda j: complete(cluster, ACME, *j), again))
     assert got == reference(again)

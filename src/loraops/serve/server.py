@@ -147,11 +147,11 @@ def build(opts: ServeOptions):
     engine, watcher = make_engine(opts, metrics)
     admin_key = opts.admin_key or os.environ.get("LORAOPS_ADMIN_KEY") or None
     metrics_key = opts.metrics_key or os.environ.get("LORAOPS_METRICS_KEY") or None
+    finetune = (fine_tuning_service(opts, engine.base.info, engine.tokenizer, watcher.registry, watcher.pin)
+                if opts.registry else None)
     app = create_app(AppState(engine, tenants, admin_key, metrics,
                               pin_version=watcher.pin if watcher is not None else None,
-                              metrics_key=metrics_key, limits=opts.http,
-                              finetune=fine_tuning_service(opts, engine.base.info, engine.tokenizer, watcher.registry,
-                                                       watcher.pin) if opts.registry else None))
+                              metrics_key=metrics_key, limits=opts.http, finetune=finetune))
     if opts.registry:
         # The gate evaluates on the served base: its directory (absolute), never its display name,
         # which for `--base DIR` is only DIR's last component.

@@ -51,7 +51,9 @@ def build_app(opts: ServeOptions):
     engines = serve.deployment(
         EngineReplica, name="EngineReplica", num_replicas=c.replicas,
         ray_actor_options={"num_cpus": c.replica_cpus or c.threads_per_replica, "runtime_env": runtime},
-        max_ongoing_requests=per_replica, max_queued_requests=e.max_queue, health_check_period_s=5,
+        # An ingress may hold as many requests waiting to be assigned as the replicas run and queue:
+        # a burst routes into the replicas' fair queues, not into 503s from Ray's router.
+        max_ongoing_requests=per_replica, max_queued_requests=c.replicas * per_replica, health_check_period_s=5,
         graceful_shutdown_timeout_s=10, max_constructor_retry_count=2, logging_config=quiet).bind(opts, shared)
     ingress = serve.deployment(
         serve.ingress()(Ingress), name="Ingress", num_replicas=c.ingress_replicas,

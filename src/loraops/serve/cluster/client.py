@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from loraops.errors import LoraOpsError
 from loraops.serve.catalog import AdapterEntry
@@ -202,6 +202,8 @@ class ClusterEngine:
                                                                                  return_exceptions=True)
         entries = [r for r in results if isinstance(r, AdapterEntry)]
         if results and len(entries) == len(results):
+            # served from now on, not only after the next refresh (views are swapped whole: thread-safe)
+            self.view.snapshots = {r: _with(snap, entries[0]) for r, snap in self.view.snapshots.items()}
             return entries[0]
         refusal = next((r for r in results if not isinstance(r, AdapterEntry)), None)
         if entries:                                        # some serve it, some refused
@@ -236,7 +238,9 @@ class ClusterEngine:
 
 
 def _without(snap, model_id: str):
-    from dataclasses import replace
-
     return replace(snap, models=tuple(e for e in snap.models if e.model_id != model_id),
                    resident={k: v for k, v in snap.resident.items() if k != model_id})
+
+
+def _with(snap, entry: AdapterEntry):
+    return replace(snap, models=(*(e for e in snap.models if e.model_id != entry.model_id), entry))
