@@ -89,7 +89,7 @@ class EngineReplica:
         if self.watcher is not None:
             await asyncio.to_thread(self.watcher.start)
 
-        async def hold(routing_key: str) -> str:
+        async def hold(routing_key: str) -> str:     # a version that cannot be served is not recorded
             await asyncio.to_thread(self._pin, routing_key)
             return routing_key
         self._hold = serve.multiplexed(max_num_models_per_replica=opts.engine.max_slots)(hold)
@@ -115,8 +115,10 @@ class EngineReplica:
         try:
             key = serve.get_multiplexed_model_id()
             if key:
-                await self._hold(key)
-            elif any(p.version is not None for p in model.parts):   # routed by load only (--no-affinity)
+                await self._hold(key)                      # Ray learns this replica holds the key
+            if any(p.version is not None for p in model.parts):
+                # every request, not only the first per key: it keeps a hot pin recently used, so the
+                # watcher's cap on pinned versions never drops one that Ray still routes here
                 await asyncio.to_thread(self._pin, model.routing_key)
             constraint = None if grammar is None else await asyncio.to_thread(
                 RowConstraint, grammar, self.engine.tokenizer, self.engine.vocab_size)
@@ -139,7 +141,8 @@ class EngineReplica:
 
     async def snapshot(self) -> ReplicaSnapshot:
         e = self.engine
-        production = {} if self.watcher is None else {n: v for n, (v, _) in self.watcher.current.items()}
+        current = {} if self.watcher is None else dict(self.watcher.current)   # a copy: its thread writes it
+        production = {n: v for n, (v, _) in current.items()}
         return ReplicaSnapshot(
             self.replica_id, os.getpid(), _node_ip(), e.alive(), e.base_name, e.max_context,
             e.config.max_tokens_cap, e.pool.max_slots, tuple(e.models()), e.resident(), production,
