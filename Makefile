@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip setuptools wheel
 	$(PIP) -q torch==2.13.0
-	$(PIP) -q -e '.[all,test]'
+	$(PIP) -q -e '.[all,cluster,test]'
 	touch $@
 
 setup: $(STAMP)

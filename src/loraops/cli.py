@@ -541,6 +541,22 @@ def serve_cmd(
                                                      "0: run `loraops worker` processes instead."),
     max_upload_bytes: int = typer.Option(512 << 20, "--max-upload-bytes",
                                          help="Largest file /v1/files accepts (413 past it)."),
+    ray: bool = typer.Option(False, "--ray", help="Scale out on Ray Serve: engine replicas behind an HTTP ingress, "
+                                                  "requests routed to the replica holding their adapter "
+                                                  "(docs/scale-out.md). Needs the `cluster` extra."),
+    replicas: int = typer.Option(2, "--replicas", help="With --ray: engine replicas (each loads the base once)."),
+    ray_address: Optional[str] = typer.Option(None, "--ray-address", help="With --ray: join this Ray cluster "
+                                                                          "(auto or HOST:PORT); default: start Ray "
+                                                                          "on this machine only (loopback)."),
+    threads_per_replica: int = typer.Option(2, "--threads-per-replica", help="With --ray: torch threads per "
+                                                                             "engine replica."),
+    replica_cpus: Optional[float] = typer.Option(None, "--replica-cpus", help="With --ray: Ray CPUs reserved per "
+                                                                              "engine replica (default: its threads)."),
+    ingress_replicas: int = typer.Option(1, "--ingress-replicas", help="With --ray: HTTP ingress replicas."),
+    ingress_cpus: float = typer.Option(0.5, "--ingress-cpus", help="With --ray: Ray CPUs per ingress replica."),
+    affinity: bool = typer.Option(True, "--affinity/--no-affinity", help="With --ray: route each request to a "
+                                                                         "replica holding its adapter, or by load "
+                                                                         "only (for comparison)."),
 ) -> None:
     """Serve the base and its adapters over an OpenAI-compatible HTTP API (many adapters per batch).
     With --registry it also takes fine-tuning jobs (/v1/files, /v1/fine_tuning/jobs)."""
@@ -548,7 +564,7 @@ def serve_cmd(
     from loraops.extras import require
 
     require("loraops serve", "serve", *(["registry"] if registry else []))
-    from loraops.serve.config import EngineConfig, HttpLimits, ServeOptions, check_options
+    from loraops.serve.config import ClusterOptions, EngineConfig, HttpLimits, ServeOptions, check_options
 
     adapters = {}
     for spec in adapter:
@@ -564,9 +580,20 @@ def serve_cmd(
                                      speculate_step_tokens=speculate_step_tokens, screen_head=screen_head),
                         HttpLimits(max_body_bytes=max_body_bytes, max_prompt_chars=max_prompt_chars,
                                    max_choices=max_choices), metrics_key)
+    cluster = ClusterOptions(replicas, ray_address, threads_per_replica, replica_cpus, ingress_replicas,
+                             ingress_cpus, affinity)
+    if ray:
+        opts.cluster = cluster
+    elif cluster != ClusterOptions():
+        raise ConfigError("--replicas, --ray-address, --threads-per-replica, --replica-cpus, --ingress-replicas, "
+                          "--ingress-cpus and --no-affinity need --ray")
     check_options(opts)
     _log_info("%(levelname)s: %(message)s", "loraops.serve", "loraops.finetune")
-    from loraops.serve.server import run
+    if opts.cluster is not None:
+        require("loraops serve --ray", "cluster")
+        from loraops.serve.cluster.app import run
+    else:
+        from loraops.serve.server import run
 
     run(opts)
 

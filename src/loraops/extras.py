@@ -22,7 +22,9 @@ EXTRAS: dict[str, dict[str, str]] = {
     "serve": {"fastapi": "fastapi", "uvicorn": "uvicorn", "prometheus-client": "prometheus_client",
               "jsonschema": "jsonschema", "llguidance": "llguidance", "python-multipart": "multipart"},
     "demo": {"openai": "openai", "httpx": "httpx"},
+    "cluster": {"ray": "ray"},
 }
+NOT_IN_ALL = {"cluster"}      # `serve --ray` only: a one-machine install and the demo do without Ray
 _EXTRA_OF = {module: extra for extra, dists in EXTRAS.items() for module in dists.values()}
 
 

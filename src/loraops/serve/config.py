@@ -27,6 +27,20 @@ class EngineConfig:
 
 
 @dataclass
+class ClusterOptions:
+    """`loraops serve --ray`: the engine as Ray Serve replicas behind an ingress (serve/cluster/)."""
+
+    replicas: int = 2                     # engine replicas, each with the base and its own slot pool
+    address: str | None = None            # None: a Ray instance on this machine only; "auto" / HOST:PORT: join
+    threads_per_replica: int = 2          # torch threads in each engine replica
+    replica_cpus: float | None = None     # Ray CPUs reserved per engine replica; None: threads_per_replica
+    ingress_replicas: int = 1             # HTTP ingress replicas (auth, limits, tokenizing, routing)
+    ingress_cpus: float = 0.5
+    affinity: bool = True                 # route by adapter (Ray Serve model multiplexing); False: by load only
+    view_s: float = 1.0                   # how often each ingress refreshes its view of the replicas
+
+
+@dataclass
 class HttpLimits:
     """Bounds on what one HTTP request may cost before the engine sees it (docs/serving.md, "Limits")."""
 
@@ -54,6 +68,7 @@ class ServeOptions:
     engine: EngineConfig = field(default_factory=EngineConfig)
     http: HttpLimits = field(default_factory=HttpLimits)
     metrics_key: str | None = None        # /metrics and /ready details: this key or the admin key
+    cluster: ClusterOptions | None = None  # --ray: scale out on Ray Serve
 
 
 def check_options(opts: ServeOptions) -> None:
@@ -71,6 +86,8 @@ def check_options(opts: ServeOptions) -> None:
         raise ConfigError("--workers runs fine-tuning jobs, which live in the registry: add --registry")
     if opts.threads is not None and opts.threads < 1:
         raise ConfigError("--threads must be >= 1")
+    if opts.cluster is not None:
+        _check_cluster(opts)
     e = opts.engine
     for name in ("max_slots", "max_rank", "max_batch", "max_kv_tokens", "max_queue", "max_tokens_cap"):
         if getattr(e, name) < 1:
@@ -88,3 +105,24 @@ def check_options(opts: ServeOptions) -> None:
             raise ConfigError(f"--{name.replace('_', '-')} must be at least 8 characters")
 
 
+def _check_cluster(opts: ServeOptions) -> None:
+    from loraops.models.load import is_encoder
+
+    c = opts.cluster
+    if is_encoder(opts.base):
+        raise ConfigError(f"{opts.base} is an encoder (classification): --ray serves causal-LM bases; "
+                          "serve it without --ray")
+    if opts.threads is not None:
+        raise ConfigError("--threads sets the single-process server's threads; with --ray use --threads-per-replica")
+    if opts.workers:
+        raise ConfigError("with --ray, run fine-tuning jobs in `loraops worker` processes (--workers runs them "
+                          "inside the single-process server)")
+    for name in ("replicas", "threads_per_replica", "ingress_replicas"):
+        if getattr(c, name) < 1:
+            raise ConfigError(f"--{name.replace('_', '-')} must be >= 1")
+    if c.replica_cpus is not None and not c.replica_cpus > 0:
+        raise ConfigError("--replica-cpus must be > 0")
+    if not c.ingress_cpus > 0:
+        raise ConfigError("--ingress-cpus must be > 0")
+    if not c.view_s > 0:
+        raise ConfigError("the replica view interval must be > 0")

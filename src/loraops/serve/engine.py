@@ -34,9 +34,36 @@ from loraops.serve.sampling import SamplingParams, TextStream, make_generator
 from loraops.serve.scheduler import Batch, Scheduler, Sequence
 
 __all__ = ["AdapterEntry", "DoneEvent", "Engine", "EngineConfig", "ErrorEvent", "ModelRef", "PromptLogprobsEvent",
-           "TokenEvent", "TokenLogprob"]
+           "TokenEvent", "TokenLogprob", "check_lengths", "check_logit_bias", "check_parts"]
 
 log = logging.getLogger("loraops.serve")
+
+
+def check_lengths(prompt_tokens: int, max_tokens: int, max_tokens_cap: int, max_context: int) -> None:
+    """Refuse a request whose lengths this server cannot serve (BadRequestError / ContextLengthError)."""
+    if max_tokens > max_tokens_cap:
+        raise BadRequestError(f"max_tokens={max_tokens} exceeds this server's cap of {max_tokens_cap}",
+                              param="max_tokens")
+    if prompt_tokens == 0:
+        raise BadRequestError("the prompt is empty", param="prompt")
+    if prompt_tokens + max_tokens > max_context:
+        raise ContextLengthError(
+            f"this model's maximum context length is {max_context} tokens, but you requested "
+            f"{prompt_tokens + max_tokens} tokens ({prompt_tokens} in the prompt, {max_tokens} for the "
+            f"completion); shorten the prompt or lower max_tokens", param="max_tokens")
+
+
+def check_parts(ref: ModelRef, max_slots: int) -> None:
+    """Every part of a composition needs its own slot at once (BadRequestError past the slot count)."""
+    if len(ref.parts) > max_slots:
+        raise BadRequestError(f"a composition of {len(ref.parts)} adapters needs {len(ref.parts)} slots; "
+                              f"this server has {max_slots}", param="model")
+
+
+def check_logit_bias(params: SamplingParams, vocab_size: int) -> None:
+    """logit_bias may name only token ids of this vocabulary (BadRequestError otherwise)."""
+    if any(not 0 <= t < vocab_size for t, _ in params.logit_bias):
+        raise BadRequestError(f"logit_bias keys must be token ids in [0, {vocab_size})", param="logit_bias")
 
 
 class Engine:
@@ -98,16 +125,7 @@ class Engine:
     # ---- requests (any thread) ---------------------------------------------------------------
 
     def check_lengths(self, prompt_tokens: int, max_tokens: int) -> None:
-        if max_tokens > self.config.max_tokens_cap:
-            raise BadRequestError(f"max_tokens={max_tokens} exceeds this server's cap of "
-                                  f"{self.config.max_tokens_cap}", param="max_tokens")
-        if prompt_tokens == 0:
-            raise BadRequestError("the prompt is empty", param="prompt")
-        if prompt_tokens + max_tokens > self.max_context:
-            raise ContextLengthError(
-                f"this model's maximum context length is {self.max_context} tokens, but you requested "
-                f"{prompt_tokens + max_tokens} tokens ({prompt_tokens} in the prompt, {max_tokens} for the "
-                f"completion); shorten the prompt or lower max_tokens", param="max_tokens")
+        check_lengths(prompt_tokens, max_tokens, self.config.max_tokens_cap, self.max_context)
 
     def submit(self, tenant: str, model: ModelRef | str, prompt: list[int], params: SamplingParams, sink,
                constraint=None) -> Sequence:
@@ -116,12 +134,9 @@ class Engine:
         queue is full and this tenant holds its share). `constraint` (grammar.RowConstraint)
         restricts the tokens this request may sample."""
         ref = ModelRef.of(model)
-        if len(ref.parts) > self.pool.max_slots:           # every part needs its own slot at once
-            raise BadRequestError(f"a composition of {len(ref.parts)} adapters needs {len(ref.parts)} slots; "
-                                  f"this server has {self.pool.max_slots}", param="model")
+        check_parts(ref, self.pool.max_slots)
         self.check_lengths(len(prompt), params.max_tokens)
-        if any(not 0 <= t < self.vocab_size for t, _ in params.logit_bias):
-            raise BadRequestError(f"logit_bias keys must be token ids in [0, {self.vocab_size})", param="logit_bias")
+        check_logit_bias(params, self.vocab_size)
         self.catalog.resolve(ref)                          # unknown now: 404 now (resolved again at admission)
         seq = Sequence(next(self._ids), tenant, ref, list(prompt), params, sink,
                        TextStream(self.tokenizer, params.stop), make_generator(params), constraint)

@@ -245,6 +245,7 @@ class RowConstraint:
         import llguidance.torch as llt
 
         self._llt = llt
+        self.grammar = grammar            # what a remote engine replica rebuilds this row from (serve/cluster/)
         self._ll_tok = _ll_tokenizer(tokenizer, n_vocab)
         self.matcher = llguidance.LLMatcher(self._ll_tok, grammar.source)
         self.bitmask = llt.allocate_token_bitmask(1, n_vocab)

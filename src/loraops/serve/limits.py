@@ -84,6 +84,15 @@ class Limiter:
         with self._lock:
             self._refusal(tenant, None)
 
+    # The HTTP routes await these two, so that a limiter elsewhere (the cluster's shared one,
+    # serve/cluster/shared.py) is asked without blocking the event loop.
+
+    async def check_async(self, tenant: Tenant) -> None:
+        self.check(tenant)
+
+    async def acquire_async(self, tenant: Tenant, tokens: int) -> Lease:
+        return self.acquire(tenant, tokens)
+
     def acquire(self, tenant: Tenant, tokens: int) -> Lease:
         """Admit one request needing up to `tokens` tokens, or raise RateLimitError (429)."""
         with self._lock:

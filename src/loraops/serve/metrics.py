@@ -75,25 +75,28 @@ class ServeMetrics:
         self._seen = (st.hits, st.misses, st.evictions)
         self.resident.set(len(engine.pool.resident()))
 
-    def live(self) -> dict[str, float]:
-        """A few headline numbers for the dashboard: totals and means over the server's life,
-        plus tokens/s since the previous call."""
+    def live(self, families: list | None = None) -> dict[str, float]:
+        """A few headline numbers for the dashboard: totals and means over the server's life, plus
+        tokens/s since the previous call; over `families` (metric families, summed over their
+        labels: several replicas' in a cluster), by default this registry's."""
         import time
 
-        def total(metric, suffix=""):
-            return sum(s.value for m in metric.collect() for s in m.samples if s.name.endswith(suffix))
+        fams = list(self.registry.collect()) if families is None else families
 
-        tokens, now = total(self.completion_tokens, "_total"), time.monotonic()
+        def total(name, suffix=""):
+            return sum(s.value for m in fams if m.name == name for s in m.samples if s.name.endswith(suffix))
+
+        tokens, now = total("loraops_completion_tokens", "_total"), time.monotonic()
         last_tokens, last_t = getattr(self, "_last_live", (tokens, now))
         self._last_live = (tokens, now)
-        ttft_n = total(self.ttft, "_count")
+        ttft_n = total("loraops_time_to_first_token_seconds", "_count")
         return {"tokens/s (since last view)": (tokens - last_tokens) / (now - last_t) if now > last_t else 0.0,
                 "completion tokens": tokens,
-                "mean TTFT (s)": total(self.ttft, "_sum") / ttft_n if ttft_n else 0.0,
-                "queue depth": total(self.queue_depth),
-                "running sequences": total(self.batch_size),
-                "resident adapters": total(self.resident),
-                "KV blocks used": total(self.kv_blocks)}
+                "mean TTFT (s)": total("loraops_time_to_first_token_seconds", "_sum") / ttft_n if ttft_n else 0.0,
+                "queue depth": total("loraops_queue_depth"),
+                "running sequences": total("loraops_batch_size"),
+                "resident adapters": total("loraops_resident_adapters"),
+                "KV blocks used": total("loraops_kv_blocks_used")}
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -107,6 +107,22 @@ class RegistryWatcher:
         self.registry.close()
 
 
+def make_engine(opts: ServeOptions, metrics, adapters: dict[str, tuple[str, bool]] | None = None):
+    """-> (engine, registry watcher or None), not started: the base loaded once (int8 if asked), the
+    command-line adapters and `adapters` (name -> (path, force)) registered. The single-process
+    server and every engine replica of `--ray` (serve/cluster/replica.py) are built by this."""
+    engine = build_engine(opts, metrics)
+    wanted = {name: (path, False) for name, path in opts.adapters.items()} | (adapters or {})
+    for name, (path, force) in wanted.items():
+        try:
+            engine.add_adapter(name, path, force)
+            log.info("adapter %s loaded from %s", name, path)
+        except Exception as e:                             # one bad adapter must not stop the server
+            log.error("adapter %s not loaded: %s", name, e, exc_info=not isinstance(e, LoraOpsError))
+    watcher = RegistryWatcher(engine, opts.registry_poll_s) if opts.registry else None
+    return engine, watcher
+
+
 def build(opts: ServeOptions):
     """-> (app, engine, watcher or None). Loads the base once and the command-line adapters."""
     from loraops.serve.api import AppState, create_app
@@ -122,26 +138,18 @@ def build(opts: ServeOptions):
     if tenants is None:
         log.warning("--insecure-no-auth: every client can use every model; do not expose this server")
     metrics = ServeMetrics()
-    engine = build_engine(opts, metrics)
-    base = engine.base
-    for name, path in opts.adapters.items():
-        try:
-            engine.add_adapter(name, path)
-            log.info("adapter %s loaded from %s", name, path)
-        except Exception as e:                             # one bad adapter must not stop the server
-            log.error("adapter %s not loaded: %s", name, e, exc_info=not isinstance(e, LoraOpsError))
-    watcher = RegistryWatcher(engine, opts.registry_poll_s) if opts.registry else None
+    engine, watcher = make_engine(opts, metrics)
     admin_key = opts.admin_key or os.environ.get("LORAOPS_ADMIN_KEY") or None
     metrics_key = opts.metrics_key or os.environ.get("LORAOPS_METRICS_KEY") or None
+    finetune = (fine_tuning_service(opts, engine.base.info, engine.tokenizer, watcher.registry, watcher.pin)
+                if opts.registry and engine.task == "generation" else None)
     app = create_app(AppState(engine, tenants, admin_key, metrics,
                               pin_version=watcher.pin if watcher is not None else None,
-                              metrics_key=metrics_key, limits=opts.http,
-                              finetune=fine_tuning_service(opts, base, watcher)
-                              if opts.registry and engine.task == "generation" else None))
+                              metrics_key=metrics_key, limits=opts.http, finetune=finetune))
     if opts.registry:
         # The gate evaluates on the served base: its directory (absolute), never its display name,
         # which for `--base DIR` is only DIR's last component.
-        mount_dashboard(app, admin_key, metrics, str(base.info.path))
+        mount_dashboard(app, admin_key, metrics, str(engine.base.info.path))
     return app, engine, watcher
 
 
@@ -167,16 +175,16 @@ def build_engine(opts: ServeOptions, metrics) -> Engine:
     return Engine(base, opts.engine, metrics)
 
 
-def fine_tuning_service(opts: ServeOptions, base, watcher: RegistryWatcher):
-    """The fine-tuning API's service: jobs for this server's base, their models served through the
-    registry watcher's pinned versions."""
+def fine_tuning_service(opts: ServeOptions, info, tokenizer, registry, pin):
+    """The fine-tuning API's service: jobs for this server's base (`info`: models.BaseInfo), their
+    models served through `pin` ("name@V" -> servable?: the registry watcher's pinned versions)."""
     from pathlib import Path
 
     from loraops.finetune import FineTuneStore, FineTuning
 
     spec = str(Path(opts.base).resolve()) if Path(opts.base).exists() else opts.base  # workers may run elsewhere
-    return FineTuning(FineTuneStore(), watcher.registry, base.info.name, spec, base.info.fingerprint,
-                      base.tokenizer, watcher.pin, opts.max_upload_bytes, opts.engine.max_rank)
+    return FineTuning(FineTuneStore(), registry, info.name, spec, info.fingerprint, tokenizer, pin,
+                      opts.max_upload_bytes, opts.engine.max_rank)
 
 
 def mount_dashboard(app, admin_key: str | None, metrics, base: str) -> None:

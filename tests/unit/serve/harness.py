@@ -47,10 +47,10 @@ class Server:
         self._log.flush()
         return self.log_path.read_text()
 
-    def stop(self) -> None:
+    def stop(self, wait: float = 10) -> None:
         self.proc.terminate()
         try:
-            self.proc.wait(10)
+            self.proc.wait(wait)
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()

@@ -45,12 +45,12 @@ async def classifications(state: AppState = Depends(app_state), who: Tenant = De
         req = parse_classification(body, state.limits.max_prompt_chars)
         model = await resolve_model(state, who, req.model, single=True)
         label = model.label
-        state.limiter.check(who)
+        await state.limiter.check_async(who)
         engine = state.engine
         ids = await run_in_threadpool(lambda: [engine.tokenizer(t)["input_ids"] for t in req.inputs])
         engine.check_inputs(ids)
         tokens = sum(map(len, ids))
-        lease = state.limiter.acquire(who, tokens)
+        lease = await state.limiter.acquire_async(who, tokens)
         loop = asyncio.get_running_loop()
         answer: asyncio.Future = loop.create_future()
 

@@ -177,10 +177,10 @@ async def _generate(request: Request, state: AppState, who: Tenant, body: dict, 
         req = parse(body, state.limits.max_prompt_chars, state.limits.max_choices)
         model = await resolve_model(state, who, req.model)   # parsed once: the engine gets this value
         label_model = model.label
-        state.limiter.check(who)                          # over its limits: refused before any tokenizing
+        await state.limiter.check_async(who)              # over its limits: refused before any tokenizing
         prompt = await run_in_threadpool(_encode, state, req)
         engine.check_lengths(len(prompt), req.params.max_tokens)
-        lease = state.limiter.acquire(who, req.best_of * (len(prompt) + req.params.max_tokens))
+        lease = await state.limiter.acquire_async(who, req.best_of * (len(prompt) + req.params.max_tokens))
         constraints = await run_in_threadpool(_constraints, state, req) if req.schema or req.tools \
             else [None] * req.best_of
         answer = await run_in_threadpool(_answer, state, req, prompt)
