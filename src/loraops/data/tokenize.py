@@ -18,10 +18,14 @@ def _ids(tokenizer: Any, text: str) -> list[int]:
     return tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
 
 
-def encode_example(tokenizer: Any, record: Mapping[str, str], max_len: int) -> tuple[list[int], list[int]]:
+def encode_example(tokenizer: Any, record: Mapping[str, str], max_len: int,
+                   end_of_turn: int | None = None) -> tuple[list[int], list[int]]:
     """{"prompt", "completion"} or {"text"} → (input_ids, labels), at most max_len tokens.
 
     BOS is prepended and EOS appended unless the text already has them (chat templates add BOS).
+    A completion that closes with `end_of_turn` (the chat template's end-of-turn token id, e.g.
+    Gemma's <end_of_turn>) ends at that token instead: generation stops there, so the template's
+    newline after it and an EOS would be tokens learned but never generated.
     Too long: the prompt loses tokens from its left (after BOS), so the completion survives; a
     completion or text longer than max_len keeps its first max_len tokens.
     """
@@ -34,7 +38,13 @@ def encode_example(tokenizer: Any, record: Mapping[str, str], max_len: int) -> t
     head = prompt if prompt else completion
     if bos is not None and (not head or head[0] != bos):
         prompt = [bos, *prompt]
-    if eos is not None and (not completion or completion[-1] != eos):
+    closed = not is_text and end_of_turn is not None and end_of_turn in completion
+    if closed:
+        cut = len(completion) - completion[::-1].index(end_of_turn)
+        closed = not tokenizer.decode(completion[cut:], skip_special_tokens=True).strip()
+        if closed:
+            completion = completion[:cut]
+    if not closed and eos is not None and (not completion or completion[-1] != eos):
         completion = [*completion, eos]
     room = max_len - len(completion)
     if room <= 0:

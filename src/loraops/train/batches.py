@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+from loraops.data.formats import end_of_turn_id
 from loraops.data.tokenize import IGNORE, PackedRow, encode_example, pack
 from loraops.errors import DataFormatError, TrainDataError
 
@@ -83,9 +84,10 @@ def load_dataset(data: str | Path, val_fraction: float = 0.05, seed: int = 0) ->
 
 
 def encode_all(tokenizer, records: list[dict], seq_len: int) -> list[Example]:
-    """Tokenize (completion-only labels for prompt/completion, every token for text); examples
-    with nothing to learn from are dropped."""
-    examples = [encode_example(tokenizer, r, seq_len) for r in records]
+    """Tokenize (completion-only labels for prompt/completion, ending at the chat template's
+    end-of-turn token; every token for text); examples with nothing to learn from are dropped."""
+    end_of_turn = end_of_turn_id(tokenizer)
+    examples = [encode_example(tokenizer, r, seq_len, end_of_turn) for r in records]
     return [e for e in examples if any(label != IGNORE for label in e[1][1:])]
 
 

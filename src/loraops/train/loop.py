@@ -14,6 +14,7 @@ import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -174,7 +175,11 @@ def forward_backward(model, params: list[torch.Tensor], rows: list[PackedRow], c
     return float(totals[0]) / n_loss, int(totals[1])
 
 
-def train(base: LoadedBase, data: Dataset, cfg: TrainConfig, d: Dist = Dist()) -> TrainResult:
+def train(base: LoadedBase, data: Dataset, cfg: TrainConfig, d: Dist = Dist(),
+          on_eval: Callable[[int, float | None], None] | None = None) -> TrainResult:
+    """`on_eval(steps_done, val_loss)` runs after each periodic validation (every eval_every steps,
+    not after the last), with the model as trained so far; what it raises ends the run. The tuner
+    scores and prunes trials there."""
     model, tokenizer, out = base.model, base.tokenizer, Path(cfg.out)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     # Replay passages join the training set only: validation stays the task's own data.
@@ -238,6 +243,8 @@ def train(base: LoadedBase, data: Dataset, cfg: TrainConfig, d: Dist = Dist()) -
                 val = evaluate(model, val_rows, cfg, d, pad_id)
                 if val is not None:
                     metrics.log({"step": pos.step - 1, "val_loss": val})
+                if on_eval is not None:
+                    on_eval(pos.step, val)
             if pos.step % cfg.save_every == 0 and pos.step < total_steps and d.is_main:
                 state = {"position": asdict(pos), "data_seed": cfg.seed, "optimizer": optimizer.state_dict(),
                          "schedule": {"kind": "warmup-cosine", "step": pos.step, "total_steps": total_steps},

@@ -1,7 +1,8 @@
 import json
 import re
 
-from loraops.demo.tasks import _iban, generate, write
+from loraops.demo.invoices import _iban
+from loraops.demo.tasks import generate, write
 import random
 
 
