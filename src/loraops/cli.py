@@ -563,12 +563,13 @@ def serve_cmd(
 @app.command("demo")
 def demo_cmd(
     workdir: Path = typer.Option(Path("demo-run"), help="Where the demo writes data, runs and its registry."),
-    steps: int = typer.Option(32, help="Training steps per adapter."),
-    eval_examples: int = typer.Option(16, help="Validation examples per evaluation."),
+    steps: Optional[int] = typer.Option(None, help="Training steps per adapter (default: each tenant's recipe)."),
+    eval_examples: Optional[int] = typer.Option(None, help="Validation examples per evaluation (default: all)."),
     port: int = typer.Option(8000, help="Port for the server (the next free one if taken)."),
-    serve: bool = typer.Option(True, help="Keep the server and dashboard running at the end (Ctrl-C stops)."),
+    serve: bool = typer.Option(True, help="Keep the server and dashboard running at the end (Ctrl-C stops); "
+                                          "--no-serve ends after the queries (timing runs, CI)."),
 ) -> None:
-    """Run the whole life cycle on the default base for two synthetic tenants."""
+    """Run the whole life cycle on the default base for two synthetic tenants (results in WORKDIR/results.json)."""
     from loraops.demo.run import DemoOptions, run
 
     run(DemoOptions(workdir=workdir, steps=steps, eval_examples=eval_examples, port=port, serve=serve))

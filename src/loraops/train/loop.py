@@ -19,7 +19,7 @@ from typing import Callable
 import torch
 
 import loraops
-from loraops.data.tokenize import IGNORE, PackedRow, pack
+from loraops.data.tokenize import IGNORE, PackedRow, pack, shared_prompt_prefix
 from loraops.errors import ConfigError, TrainDataError, TrainingDivergedError
 from loraops.lora import extract, inject, save_adapter
 from loraops.models import LoadedBase, load_base
@@ -87,12 +87,14 @@ class DataPlan:
 
     def __init__(self, examples, cfg: TrainConfig):
         self.examples, self.cfg = examples, cfg
+        self.shared_prefix = shared_prompt_prefix(examples)  # the task's fixed instruction, computed once a row
         self.rows_per_step = cfg.batch_size * cfg.grad_accum
         self._cache: tuple[int, list[PackedRow]] | None = None
 
     def rows(self, epoch: int) -> list[PackedRow]:
         if self._cache is None or self._cache[0] != epoch:
-            self._cache = (epoch, epoch_rows(self.examples, self.cfg.seq_len, self.cfg.seed, epoch))
+            self._cache = (epoch, epoch_rows(self.examples, self.cfg.seq_len, self.cfg.seed, epoch,
+                                             self.shared_prefix))
         return self._cache[1]
 
     def steps_in(self, epoch: int) -> int:
@@ -118,7 +120,7 @@ def lm_loss(model, batch, cfg: TrainConfig) -> torch.Tensor:
     """Summed next-token loss of a batch, through the model body and the chunked LM head only."""
     body, head = model.base_model, model.get_output_embeddings()
     dtype = torch.bfloat16 if cfg.precision == "bf16" else next(body.parameters()).dtype
-    mask = attention_mask_for(model.config, batch.seq_ids, dtype)
+    mask = attention_mask_for(model.config, batch.seq_ids, dtype, batch.prefix_ids, batch.position_ids)
     with torch.autocast("cpu", dtype=torch.bfloat16) if cfg.precision == "bf16" else nullcontext():
         hidden = body(input_ids=batch.input_ids, attention_mask=mask, position_ids=batch.position_ids,
                       use_cache=False).last_hidden_state  # [B, T, H]

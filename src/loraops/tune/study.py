@@ -119,7 +119,10 @@ def _exclusive(out: Path) -> Iterator[None]:
 
 
 def tune(cfg: TuneConfig) -> TuneResult:
-    import optuna
+    try:
+        import optuna
+    except ImportError:
+        raise ConfigError("loraops tune needs Optuna: pip install 'loraops[tune]'") from None
     from rich.console import Console
 
     from loraops.evals.domain import auto_max_new_tokens, load_examples
