@@ -9,9 +9,9 @@ codes, products, order numbers), so two tickets rarely repeat by accident.
 The labels follow fixed rules a reader can check:
 - category: the issue's (billing = money and invoices, technical = the product misbehaves,
   account = logins, users and data, shipping = parcels and delivery);
-- priority: urgent = many people or production are down, or a security incident; high = one
-  person is blocked or a deadline is near; low = no time pressure or a question for later;
-  normal = an ordinary request (often no cue at all).
+- priority: from the customer's urgency wording, as the instruction's policy says: urgent = an
+  outage or emergency, or marked urgent; high = wanted today, as soon as possible, or marked high
+  priority; low = no rush, low priority; normal = an ordinary request (often no cue at all).
 Labels come in balanced blocks: every run of 16 tickets has each (category, priority) pair once.
 """
 
@@ -21,8 +21,14 @@ import json
 import random
 from collections.abc import Iterator
 
-INSTRUCTION = ("Route this support ticket. Answer JSON with keys category (billing, technical, account, "
-               "shipping) and priority (low, normal, high, urgent).")
+# The tenant's routing policy, as a team would write it: the adapter learns to apply it.
+INSTRUCTION = ("Route this support ticket. Answer JSON with keys category and priority.\n"
+               "category: billing (payments, invoices, refunds), technical (the product fails or shows "
+               "errors), account (logins, users, access, personal data) or shipping (parcels, delivery, "
+               "returns).\n"
+               "priority: urgent (an outage or emergency, or marked urgent), high (wanted today, as soon as "
+               "possible or marked high priority), normal (an ordinary request) or low (no rush, low "
+               "priority, whenever convenient).")
 CATEGORIES = ("billing", "technical", "account", "shipping")
 PRIORITIES = ("low", "normal", "high", "urgent")
 LANGUAGES = ("en", "de", "fr", "es")
@@ -142,46 +148,43 @@ _ISSUES: dict[str, dict[str, list[str]]] = {
     },
 }
 
-# Urgency cues: priority -> language -> phrases. "normal" may also have no cue at all.
+# Urgency cues: priority -> language -> phrases. "normal" may also have no cue at all. Each priority
+# has its own marker words (urgent/emergency/outage, ASAP/today/high priority, no rush/low priority)
+# in varied phrasings: measured on Gemma 3 270M, cues that leave the priority to be inferred from
+# the impact ("This is blocking my work today" -> high) stayed at chance after 2 epochs while the
+# marked ones were learned (docs/training.md).
 _CUES: dict[str, dict[str, list[str]]] = {
     "urgent": {
-        "en": ["Our whole company is blocked, please help immediately!", "This is a production outage.",
-               "All {users} of our users are affected right now.", "URGENT: our shop is down and we are losing sales.",
-               "This is a security incident, we need help now.", "Nobody in the team can work at the moment!",
-               "Our customers cannot check out, every minute costs us money.", "Critical: the whole service is down."],
-        "de": ["Die ganze Firma steht still, bitte sofort helfen!", "Das ist ein Produktionsausfall.",
-               "Alle {users} Nutzer sind gerade betroffen."],
-        "fr": ["Toute l'entreprise est bloquée, aidez-nous immédiatement !", "C'est une panne de production.",
-               "Tous nos {users} utilisateurs sont touchés en ce moment."],
-        "es": ["¡Toda la empresa está bloqueada, ayuda inmediata por favor!", "Es una caída en producción.",
-               "Todos nuestros {users} usuarios están afectados ahora mismo."],
+        "en": ["URGENT: this is stopping our whole company.", "This is urgent, all {users} users are affected.",
+               "Emergency: our production system is down.", "Critical outage, please help immediately!",
+               "This is an emergency, nobody can work.", "Urgent! Our shop is down and we are losing sales.",
+               "Marking this urgent: the service is down for every customer."],
+        "de": ["Dringend: die ganze Firma steht still!", "Notfall: das Produktionssystem ist ausgefallen."],
+        "fr": ["Urgent : toute l'entreprise est bloquée !", "C'est une urgence, le service est en panne."],
+        "es": ["¡Urgente! Toda la empresa está bloqueada.", "Es una emergencia, el sistema está caído."],
     },
     "high": {
-        "en": ["This is blocking my work today.", "Please fix this as soon as possible.",
-               "I have a deadline tomorrow and need this solved.", "I cannot do my job until this works.",
-               "Please treat this with priority, a client presentation depends on it.",
-               "I need this sorted out before the end of the day."],
-        "de": ["Das blockiert heute meine Arbeit.", "Bitte so schnell wie möglich beheben.",
-               "Ich habe morgen eine Deadline."],
-        "fr": ["Cela bloque mon travail aujourd'hui.", "Merci de corriger cela au plus vite.",
-               "J'ai une échéance demain."],
-        "es": ["Esto bloquea mi trabajo hoy.", "Por favor, arréglenlo lo antes posible.",
-               "Tengo una fecha límite mañana."],
+        "en": ["Please fix this ASAP.", "High priority, please.", "I need this fixed today.",
+               "Please look at this as soon as possible.", "Marking this as high priority, I need it today.",
+               "ASAP please, it has to work by tonight."],
+        "de": ["Bitte so schnell wie möglich, hohe Priorität.", "Ich brauche das heute noch, bitte ASAP."],
+        "fr": ["Dès que possible s'il vous plaît, priorité haute.", "J'en ai besoin aujourd'hui, ASAP."],
+        "es": ["Lo antes posible, por favor, prioridad alta.", "Lo necesito hoy mismo, ASAP."],
     },
     "normal": {
-        "en": ["Thanks for looking into it.", "Let me know what you need from me.",
-               "Could you have a look this week?", "Thanks in advance."],
-        "de": ["Danke, dass Sie sich das ansehen.", "Sagen Sie mir, was Sie von mir brauchen."],
-        "fr": ["Merci de regarder cela.", "Dites-moi ce dont vous avez besoin."],
-        "es": ["Gracias por revisarlo.", "Díganme qué necesitan de mí."],
+        "en": ["Thanks for your help.", "Could you take a look this week?", "Let me know what you need from me.",
+               "Thanks in advance."],
+        "de": ["Danke für Ihre Hilfe.", "Können Sie sich das diese Woche ansehen?"],
+        "fr": ["Merci pour votre aide.", "Pouvez-vous regarder cela cette semaine ?"],
+        "es": ["Gracias por su ayuda.", "¿Pueden revisarlo esta semana?"],
     },
     "low": {
-        "en": ["No rush, whenever you have time.", "Just a question for later.",
-               "Not important, only curious.", "It can wait until next month.",
-               "Low priority, just wanted to mention it.", "Whenever it suits you, no hurry at all."],
-        "de": ["Keine Eile, wann immer Sie Zeit haben.", "Nur eine Frage für später."],
-        "fr": ["Rien d'urgent, quand vous aurez le temps.", "Juste une question pour plus tard."],
-        "es": ["Sin prisa, cuando tengan tiempo.", "Solo una pregunta para más adelante."],
+        "en": ["No rush, whenever you have time.", "Low priority, just a question for later.",
+               "No hurry at all, it can wait until next month.", "Low priority.",
+               "Whenever it suits you, no rush."],
+        "de": ["Keine Eile, niedrige Priorität.", "Ganz ohne Eile, wann immer Sie Zeit haben."],
+        "fr": ["Rien ne presse, priorité basse.", "Sans hâte, quand vous aurez le temps."],
+        "es": ["Sin prisa, prioridad baja.", "Sin ninguna prisa, cuando tengan tiempo."],
     },
 }
 _NO_CUE_SHARE = 0.4  # of normal tickets: an ordinary request with no urgency words at all
