@@ -161,6 +161,60 @@ def train_cmd(
                   f"{result.tokens_per_s:,.1f} {result.unit}/s, {result.skipped_steps} skipped steps")
 
 
+# ---- tune ------------------------------------------------------------------------------------
+
+
+@app.command("tune")
+def tune_cmd(
+    base: str = typer.Option("gemma-3-270m", help="Known name, HF model dir or .gguf file."),
+    data: Path = typer.Option(..., help="Curated dir (train.jsonl + val.jsonl); trials are scored on val.jsonl."),
+    out_dir: Path = typer.Option(..., "--out", help="Study dir: study.db (resumable) and trials/NNNN/ runs."),
+    name: str = typer.Option(..., help="Registry adapter name: each finished trial becomes a version of it."),
+    tenant: Optional[str] = typer.Option(None, help="Tenant owning the adapter."),
+    trials: int = typer.Option(12, help="Trials in the study (finished ones count across resumed runs)."),
+    timeout: Optional[float] = typer.Option(None, help="Minutes: no trial starts after this (the running one ends)."),
+    ranks: str = typer.Option("4,8,16", help="LoRA ranks to try."),
+    targets: str = typer.Option("attention,all-linear", help="Target sets to try: qv, attention, mlp, all-linear."),
+    lr: str = typer.Option("1e-4:3e-3", help="Learning-rate range LOW:HIGH (log scale)."),
+    steps: str = typer.Option("24:96", help="Optimizer-step range LOW:HIGH."),
+    replay: str = typer.Option("0:1", help="Replay range LOW:HIGH: general passages per training example."),
+    rung_steps: Optional[int] = typer.Option(None, help="Score (and maybe prune) trials every N steps "
+                                                        "(default: a third of the smallest step count)."),
+    reduction_factor: int = typer.Option(3, help="Successive halving: keep the best 1/N at each rung."),
+    batch_size: int = typer.Option(2, help="Packed rows per step."),
+    seq_len: int = typer.Option(512, help="Tokens per packed row."),
+    eval_examples: int = typer.Option(48, help="Val examples each score is measured on."),
+    max_forgetting: float = typer.Option(0.10, help="Forgetting bound (the gate's); beyond it the score drops."),
+    seed: int = typer.Option(0, help="Seed of the sampler and of every trial's run."),
+    first: list[str] = typer.Option([], "--try", help="A recipe to try first, e.g. the one in use: "
+                                                        "rank=8,targets=qv,lr=3e-4,steps=32,replay=0.5 (repeatable)."),
+    progress: bool = typer.Option(True, help="Show each trial's progress bar."),
+) -> None:
+    """Search LoRA recipes on a task: train, score (domain metric, forgetting), prune by successive halving."""
+    from loraops.extras import require
+
+    require("loraops tune", "tune", "registry", install="tune,registry")
+    from loraops.tune import SearchSpace, TuneConfig, tune
+    from loraops.tune.space import parse_choices, parse_range, parse_recipe
+
+    space = SearchSpace(ranks=parse_choices(ranks, int, "ranks"), targets=parse_choices(targets, str, "targets"),
+                        lr=parse_range(lr, float, "lr"), steps=parse_range(steps, int, "steps"),
+                        replay=parse_range(replay, float, "replay"))
+    result = tune(TuneConfig(base=base, data=str(data), out=str(out_dir), name=name, tenant=tenant, space=space,
+                             trials=trials, timeout_minutes=timeout, rung_steps=rung_steps,
+                             reduction_factor=reduction_factor, batch_size=batch_size, seq_len=seq_len,
+                             eval_examples=eval_examples, max_forgetting=max_forgetting, seed=seed,
+                             first=tuple(parse_recipe(r) for r in first), progress=progress))
+    if result.best is None:
+        out.print("[yellow]no trial finished yet[/]: run the same command again to continue the study")
+        return
+    b = result.best
+    out.print(f"[green]best[/] trial {b.number}: {name}@{b.version}, {b.scores.metric} {b.scores.domain:.3f}, "
+              f"forgetting {b.scores.forgetting:.3f}, score {b.scores.score:.3f}\n"
+              f"next: loraops eval --adapter {name}@{b.version} --data {data}, then "
+              f"loraops registry promote {name} {b.version}")
+
+
 # ---- eval ------------------------------------------------------------------------------------
 
 
@@ -625,12 +679,13 @@ def worker_cmd(
 @app.command("demo")
 def demo_cmd(
     workdir: Path = typer.Option(Path("demo-run"), help="Where the demo writes data, runs and its registry."),
-    steps: int = typer.Option(32, help="Training steps per adapter."),
-    eval_examples: int = typer.Option(16, help="Validation examples per evaluation."),
+    steps: Optional[int] = typer.Option(None, help="Training steps per adapter (default: each tenant's recipe)."),
+    eval_examples: Optional[int] = typer.Option(None, help="Validation examples per evaluation (default: all)."),
     port: int = typer.Option(8000, help="Port for the server (the next free one if taken)."),
-    serve: bool = typer.Option(True, help="Keep the server and dashboard running at the end (Ctrl-C stops)."),
+    serve: bool = typer.Option(True, help="Keep the server and dashboard running at the end (Ctrl-C stops); "
+                                          "--no-serve ends after the queries (timing runs, CI)."),
 ) -> None:
-    """Run the whole life cycle on the default base for two synthetic tenants."""
+    """Run the whole life cycle on the default base for two synthetic tenants (results in WORKDIR/results.json)."""
     from loraops.extras import require
 
     require("loraops demo", "gemma", "data", "registry", "serve", "demo", install="all")

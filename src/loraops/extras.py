@@ -22,6 +22,7 @@ EXTRAS: dict[str, dict[str, str]] = {
     "serve": {"fastapi": "fastapi", "uvicorn": "uvicorn", "prometheus-client": "prometheus_client",
               "jsonschema": "jsonschema", "llguidance": "llguidance", "python-multipart": "multipart"},
     "demo": {"openai": "openai", "httpx": "httpx"},
+    "tune": {"optuna": "optuna"},
     "cluster": {"ray": "ray"},
 }
 NOT_IN_ALL = {"cluster"}      # `serve --ray` only: a one-machine install and the demo do without Ray

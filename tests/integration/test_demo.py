@@ -18,7 +18,8 @@ def test_demo_runs_end_to_end_on_a_tiny_base(tmp_path, capsys):
     run(DemoOptions(workdir=workdir, base=str(base), steps=3, batch_size=2, seq_len=256, eval_examples=4,
                     port=0, serve=False))  # the gate on, as `make demo` runs it
     out = capsys.readouterr().out
-    assert "Before (base) and after (tenant adapter)" in out and "demo finished" in out
+    assert "Before (base) and after (adapter)" in out and "demo finished" in out
+    assert max(map(len, out.splitlines())) <= 80  # the tables fit a newcomer's 80-column terminal
     for t in TENANTS:
         assert json.loads((workdir / "data" / t.task / "report.json").read_text())["kept"] > 0
     with Registry(home=workdir / "home") as registry:
@@ -30,3 +31,9 @@ def test_demo_runs_end_to_end_on_a_tiny_base(tmp_path, capsys):
     assert set(forced) == {f"{t.adapter}@1" for t in TENANTS}
     assert all(e.details["gate"]["ok"] is False and e.reason for e in forced.values())
     assert out.count("gate refused") == len(TENANTS)
+    results = json.loads((workdir / "results.json").read_text())
+    assert set(results["tenants"]) == {t.adapter for t in TENANTS}
+    for scores in results["tenants"].values():
+        assert {"domain_base", "domain_adapted", "domain_constrained", "forgetting", "recipe"} <= set(scores)
+        assert scores["domain_adapted"]["examples"] == scores["domain_constrained"]["examples"] == 4
+    assert results["seconds"]["total"] > 0 and "train acme-invoices" in results["seconds"]

@@ -143,3 +143,23 @@ def to_output(record: Record, tokenizer: Any = None) -> dict[str, str]:
         prompt, completion = render_chat(tokenizer, record)
         return {"prompt": prompt, "completion": completion}
     return {"prompt": record.prompt, "completion": record.completion}
+
+
+def end_of_turn_id(tokenizer) -> int | None:
+    """The special token the chat template closes an assistant turn with (Gemma's <end_of_turn>,
+    ChatML's <|im_end|>), or None (no template, or the turn ends in plain text)."""
+    template = getattr(tokenizer, "chat_template", None)
+    if not template:
+        return None
+    from jinja2 import TemplateError
+
+    marker = "0f9d2c"  # content no template rewrites
+    try:
+        text = tokenizer.apply_chat_template([{"role": "user", "content": "hi"},
+                                              {"role": "assistant", "content": marker}], tokenize=False)
+    except (TemplateError, ValueError):  # a template that refuses this minimal conversation
+        return None
+    after = text[text.rfind(marker) + len(marker):].lstrip()
+    ids = tokenizer(after, add_special_tokens=False)["input_ids"] if after else []
+    special = getattr(tokenizer, "added_tokens_decoder", {})
+    return ids[0] if ids and ids[0] in special else None

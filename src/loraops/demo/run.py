@@ -27,8 +27,9 @@ import sys
 import threading
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import Callable, Iterator
 
 from rich.console import Console
 from rich.table import Table
@@ -36,6 +37,7 @@ from rich.table import Table
 from loraops.atomic import write_text
 from loraops.demo import tasks
 from loraops.errors import LoraOpsError
+from loraops.tune.space import Recipe
 
 console = Console()
 
@@ -45,34 +47,50 @@ class TenantTask:
     tenant: str
     task: str          # a generator in demo/tasks.py
     adapter: str       # registry name
-    examples: int
+    examples: int      # raw records generated (curation drops the planted duplicates)
+    recipe: Recipe     # how its adapter is trained (found with `loraops tune`, docs/benchmarks.md)
 
 
-TENANTS = (TenantTask("acme", "invoices", "acme-invoices", 480),
-           TenantTask("globex", "tickets", "globex-support", 360))
+TENANTS = (TenantTask("acme", "invoices", "acme-invoices", 400,
+                      Recipe(rank=8, targets="all-linear", lr=1e-3, steps=24, replay=0.1)),
+           TenantTask("globex", "tickets", "globex-support", 420,
+                      Recipe(rank=16, targets="all-linear", lr=2e-3, steps=30, replay=0.1)))
 
 
 @dataclass
 class DemoOptions:
     workdir: Path
     base: str = "gemma-3-270m"
-    # Sized for ~15 minutes on a 2-core CPU: the trainer does ~100 tokens/s on Gemma 3 270M there
-    # (docs/benchmarks.md), so each adapter sees ~20k tokens.
-    steps: int = 32
+    steps: int | None = None  # overrides every recipe's step count (tests, quick looks)
     batch_size: int = 2
-    seq_len: int = 320
-    # A recipe that passes the promotion gate (forgetting <= 0.10) instead of overriding it: rank 8 on
-    # q/v at a gentle lr, plus general-text replay (half as many passages as task examples). Measured
-    # on Gemma 3 270M (docs/benchmarks.md): r16 q/k/v/o at 2e-3 forgot 0.86/1.51; r8 q/v at 1e-3
-    # 0.50/0.33; with replay 0.22/0.33; at 3e-4 with replay 0.06/0.00, still +0.85 field accuracy.
-    rank: int = 8
-    targets: str = "q_proj,v_proj"
-    lr: float = 3e-4
-    replay_ratio: float = 0.5
-    eval_examples: int = 16
+    seq_len: int = 512
+    val_fraction: float = 0.2  # of the curated records: 70 and 72 validation examples
+    eval_examples: int | None = None  # None: every validation example
+    eval_batch_size: int = 16  # rows per generation batch (decoding on CPU is memory-bound: wider is cheaper)
     port: int = 8000
-    serve: bool = True  # False: stop after the queries (tests, CI)
+    serve: bool = True  # False: stop after the queries (tests, CI, timing runs)
     gate: bool = True   # promotion gate (domain gain + forgetting); off only for toy bases
+
+
+class Timer:
+    """Wall time per phase of the demo, printed at the end and written to results.json, with this
+    process's CPU time beside it (on a shared machine, CPU time / threads estimates a quiet run)."""
+
+    def __init__(self) -> None:
+        self.t0, self.phases, self.cpu = time.time(), {}, {}
+
+    @contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        start, cpu = time.time(), time.process_time()
+        try:
+            yield
+        finally:
+            self.phases[name] = round(self.phases.get(name, 0.0) + time.time() - start, 1)
+            self.cpu[name] = round(self.cpu.get(name, 0.0) + time.process_time() - cpu, 1)
+
+    @property
+    def total(self) -> float:
+        return round(time.time() - self.t0, 1)
 
 
 def _step(title: str) -> None:
@@ -98,52 +116,96 @@ def prepare_data(opts: DemoOptions, tokenizer) -> dict[str, Path]:
     out = {}
     for t in TENANTS:
         raw = tasks.write(t.task, opts.workdir / "raw" / f"{t.task}.jsonl", t.examples)
-        report = curate(raw, opts.workdir / "data" / t.task, CurateOptions(), tokenizer=tokenizer)
+        report = curate(raw, opts.workdir / "data" / t.task, CurateOptions(val_fraction=opts.val_fraction),
+                        tokenizer=tokenizer)
         console.print(summary_table(report))
         out[t.adapter] = opts.workdir / "data" / t.task
     return out
 
 
-def train_adapters(opts: DemoOptions, data: dict[str, Path]) -> dict[str, Path]:
-    """One adapter per tenant; an adapter already trained in the workdir with the same settings is
-    reused, so a second `make demo` skips straight to evaluation."""
+def train_config(opts: DemoOptions, t: TenantTask, data_dir: Path, train_examples: int):
+    recipe = t.recipe if opts.steps is None else replace(t.recipe, steps=opts.steps)
+    # No periodic validation or checkpoints: the evaluation step scores the same val set by generation.
+    return recipe.train_config(opts.base, str(data_dir), str(opts.workdir / "runs" / t.adapter), train_examples,
+                               batch_size=opts.batch_size, seq_len=opts.seq_len, eval_every=recipe.steps, seed=0,
+                               resume=False, progress=True)
+
+
+def train_adapters(opts: DemoOptions, base, data: dict[str, Path], timer: Timer) -> dict[str, Path]:
+    """One adapter per tenant, on the one loaded base (LoRA removed between them); an adapter already
+    trained in the workdir with the same settings is reused, so a second `make demo` skips to evaluation."""
     import shutil
 
-    from loraops.train import TrainConfig, run
+    from loraops.lora import remove
+    from loraops.train import train
+    from loraops.train.batches import Dataset, load_dataset
 
     out = {}
     for t in TENANTS:
-        run_dir = opts.workdir / "runs" / t.adapter
-        examples = sum(1 for line in (data[t.adapter] / "train.jsonl").open() if line.strip())
-        config = TrainConfig(base=opts.base, data=str(data[t.adapter]), out=str(run_dir), rank=opts.rank,
-                             alpha=2 * opts.rank, targets=opts.targets, max_steps=opts.steps,
-                             batch_size=opts.batch_size, seq_len=opts.seq_len, lr=opts.lr, warmup_steps=5,
-                             replay=round(opts.replay_ratio * examples),
-                             save_every=max(opts.steps // 2, 1), eval_every=max(opts.steps // 3, 1), seed=0)
+        dataset = load_dataset(data[t.adapter])
+        config = train_config(opts, t, data[t.adapter], len(dataset.train))
+        run_dir = Path(config.out)
         meta_file = run_dir / "adapter" / "loraops.json"
         if meta_file.exists() and json.loads(meta_file.read_text()).get("hyperparameters") == config.to_dict():
             console.print(f"reusing [bold]{t.adapter}[/] from {run_dir} (same settings)")
             out[t.adapter] = run_dir / "adapter"
             continue
         shutil.rmtree(run_dir, ignore_errors=True)
-        console.print(f"training [bold]{t.adapter}[/] for tenant {t.tenant}")
-        out[t.adapter] = Path(run(config).adapter_dir)
+        r = t.recipe
+        console.print(f"training [bold]{t.adapter}[/] for tenant {t.tenant}: LoRA r{r.rank} on {r.targets}, "
+                      f"lr {r.lr:g}, {config.max_steps} steps, {config.replay} replay passages")
+        with timer.phase(f"train {t.adapter}"):
+            try:
+                # The trainer's val loss is skipped: the evaluation scores the val set by generation.
+                result = train(base, Dataset(dataset.train, [], dataset.digest), config)
+            finally:
+                remove(base.model)
+        console.print(f"  {result.tokens:,} tokens in {result.seconds:.0f} s ({result.tokens_per_s:.0f} tokens/s)")
+        out[t.adapter] = Path(result.adapter_dir)
     return out
 
 
-def evaluate_adapters(opts: DemoOptions, data: dict[str, Path], adapters: dict[str, Path]) -> dict[str, dict]:
+def evaluate_adapters(opts: DemoOptions, data: dict[str, Path], adapters: dict[str, Path],
+                      timer: Timer) -> dict[str, dict]:
     from loraops.evals import EvalConfig, evaluate, store_report
     from loraops.evals.table import summary_table
 
     reports = {}
     for t in TENANTS:
-        report = evaluate(opts.base, adapters[t.adapter],
-                          EvalConfig(data=data[t.adapter], max_examples=opts.eval_examples, progress=True),
-                          label=t.adapter)
+        with timer.phase(f"eval {t.adapter}"):
+            report = evaluate(opts.base, adapters[t.adapter],
+                              EvalConfig(data=data[t.adapter], max_examples=opts.eval_examples,
+                                         batch_size=opts.eval_batch_size, progress=True),
+                              label=t.adapter)
         store_report(report, adapters[t.adapter])
         console.print(summary_table(report))
         reports[t.adapter] = report.to_dict()
     return reports
+
+
+def constrained_scores(opts: DemoOptions, data: dict[str, Path], adapters: dict[str, Path]) -> dict[str, dict]:
+    """The adapted side of each domain again, decoded under the task's JSON schema (what `response_format`
+    json_schema does in the server). The base side and the general suite do not change with it."""
+    from loraops.evals.constrained import compile_schema
+    from loraops.evals.domain import auto_max_new_tokens, load_examples
+    from loraops.evals.generate import generate
+    from loraops.evals.metrics import score_domain
+    from loraops.lora import remove
+    from loraops.models import load_adapter_onto, load_base
+
+    loaded = load_base(opts.base)
+    out = {}
+    for t in TENANTS:
+        examples = load_examples(data[t.adapter], loaded.tokenizer, opts.eval_examples)
+        load_adapter_onto(loaded.model, loaded.info, str(adapters[t.adapter]))
+        try:
+            prompts = [e.prompt for e in examples]
+            outputs = generate(loaded.model, loaded.tokenizer, prompts, auto_max_new_tokens(examples, loaded.tokenizer),
+                               opts.eval_batch_size, grammar=compile_schema(tasks.SCHEMAS[t.task]()))
+        finally:
+            remove(loaded.model)
+        out[t.adapter] = asdict(score_domain(prompts, outputs, [e.reference for e in examples]))
+    return out
 
 
 def register_and_promote(adapters: dict[str, Path], reports: dict[str, dict], base_name: str,
@@ -231,66 +293,172 @@ def start_server(opts: DemoOptions, tenants_file: Path, admin_key: str) -> tuple
         raise
 
 
-def query(url: str, keys: dict[str, str], base_name: str, n: int = 3) -> Table:
+def field_marks(answer: str, expected: dict) -> str:
+    """One ✓/✗ per expected field, in the reference's key order; ✗ for all when no JSON object parses."""
+    from loraops.evals.metrics import field_accuracy
+
+    return "".join("✓" if ok else "✗" for ok in field_accuracy(answer, expected).correct.values())
+
+
+def stops_after_json(answer: str, finish_reason: str) -> bool:
+    """The model ended its turn right after its JSON object: nothing follows the closing brace."""
+    start = answer.find("{")
+    if start == -1 or finish_reason != "stop":
+        return False
+    try:
+        _, end = json.JSONDecoder().raw_decode(answer, start)
+    except json.JSONDecodeError:
+        return False
+    return not answer[end:].strip()
+
+
+def query(url: str, keys: dict[str, str], base_name: str, n: int = 3) -> list:
     """Fresh examples (a seed the training data never used), base vs adapter, via chat completions.
-    All requests go at once, as tenants' traffic would: the server runs them in one mixed batch."""
+    All requests go at once, as tenants' traffic would: the server runs them in one mixed batch.
+    -> renderables: a per-field ✓/✗ table (80 columns), then one full example per tenant."""
     from concurrent.futures import ThreadPoolExecutor
 
     from openai import OpenAI
+    from rich.text import Text
 
-    def ask(tenant: str, model: str, messages: list[dict]) -> str:
+    def ask(tenant: str, model: str, messages: list[dict]) -> tuple[str, str]:
         client = OpenAI(base_url=f"{url}/v1", api_key=keys[tenant], max_retries=0, timeout=300)
         answer = client.chat.completions.create(model=model, messages=messages, max_tokens=96, temperature=0)
-        return answer.choices[0].message.content.strip()
+        return answer.choices[0].message.content.strip(), answer.choices[0].finish_reason
 
     rows = [(t, record) for t in TENANTS for record in tasks.generate(t.task, n, seed=2026, duplicate_rate=0)]
     with ThreadPoolExecutor(max_workers=2 * len(rows)) as pool:
-        answers = [[pool.submit(ask, t.tenant, model, record["messages"][:-1]) for model in (base_name, t.adapter)]
+        futures = [[pool.submit(ask, t.tenant, model, record["messages"][:-1]) for model in (base_name, t.adapter)]
                    for t, record in rows]
-        table = Table(title="Before (base) and after (tenant adapter), through the OpenAI API", show_lines=True)
-        for col in ("tenant", "input", "expected", "base model", "adapter"):
-            table.add_column(col, overflow="fold")
-        for (t, record), futures in zip(rows, answers):
-            shown = record["messages"][-2]["content"].split("\n\n", 1)[-1]
-            table.add_row(t.tenant, shown[:200], record["messages"][-1]["content"], *(f.result() for f in futures))
+        answers = [[f.result() for f in pair] for pair in futures]
+    table = Table(title="Before (base) and after (adapter), through the OpenAI API", title_justify="left",
+                  caption="one ✓/✗ per expected JSON field; stop: the answer ends right after its JSON",
+                  caption_justify="left")
+    for col in ("tenant", "input", "base", "stop", "adapter", "stop"):
+        table.add_column(col, no_wrap=True)
+    examples: dict[str, tuple] = {}
+    for (t, record), pair in zip(rows, answers):
+        expected = json.loads(record["messages"][-1]["content"])
+        text = " ".join(record["messages"][-2]["content"].split("\n\n", 1)[-1].replace("Ticket:\n", "").split())
+        cells = [c for answer, finish in pair
+                 for c in (field_marks(answer, expected), "✓" if stops_after_json(answer, finish) else "✗")]
+        table.add_row(t.tenant, text[:28] + "…", *cells)
+        examples.setdefault(t.tenant, (t, text, record["messages"][-1]["content"], pair))
+    out: list = [table]
+    for t, text, expected, ((base_answer, _), (adapter_answer, _)) in examples.values():
+        example = Text()
+        example.append(f"\n{t.tenant} ({t.task}), one full example\n", style="bold")
+        example.append(f"input:    {text[:240]}\nexpected: {expected}\n"
+                       f"base:     {printable(' '.join(base_answer.split())[:240])}\n"
+                       f"adapter:  {printable(adapter_answer)}")
+        out.append(example)
+    return out
+
+
+def printable(text: str) -> str:
+    """A model's answer as a terminal shows it safely: control characters as escapes (they would
+    move the cursor or be invisible, and break the table widths)."""
+    return "".join(c if c.isprintable() or c == "\n" else c.encode("unicode_escape").decode() for c in text)
+
+
+def scores_table(reports: dict[str, dict], constrained: dict[str, dict]) -> Table:
+    """Domain scores on every validation example, base vs adapter (free and under the task's schema)."""
+    table = Table(title="JSON field accuracy on the held-out validation set (greedy)", title_justify="left",
+                  caption="+schema: decoded under the task's JSON schema; exact: every field right; halluc.: "
+                          "share of predicted values the input does not support; forget: the gate's "
+                          "forgetting score (bound 0.10)", caption_justify="left")
+    for i, col in enumerate(("adapter", "n", "base", "adapter", "+schema", "exact", "halluc.", "forget")):
+        table.add_column(col, justify="left" if i == 0 else "right")
+    for t in TENANTS:
+        r, c = reports[t.adapter], constrained[t.adapter]
+        base, adapted = r["domain_base"], r["domain_adapted"]
+        table.add_row(t.adapter, str(adapted["examples"]), f"{base['field_accuracy']:.2f}",
+                      f"{adapted['field_accuracy']:.2f}", f"{c['field_accuracy']:.2f}", f"{adapted['exact_match']:.2f}",
+                      f"{adapted['hallucination_rate']:.3f}", f"{r['forgetting']['score']:.3f}")
     return table
+
+
+def per_field_lines(reports: dict[str, dict]) -> str:
+    return "\n".join(f"{t.adapter}: " + ", ".join(f"{k} {v:.2f}" for k, v in
+                                                 reports[t.adapter]["domain_adapted"]["per_field_accuracy"].items())
+                     for t in TENANTS)
+
+
+def write_results(opts: DemoOptions, timer: Timer, reports: dict[str, dict], constrained: dict[str, dict],
+                  adapters: dict[str, Path]) -> Path:
+    """WORKDIR/results.json: the figures docs/benchmarks.md records from a `make demo` run."""
+    import platform
+    from datetime import datetime, timezone
+
+    tenants = {}
+    for t in TENANTS:
+        meta = json.loads((adapters[t.adapter] / "loraops.json").read_text())
+        r = reports[t.adapter]
+        tenants[t.adapter] = {"recipe": t.recipe.to_dict(), "hyperparameters": meta.get("hyperparameters", {}),
+                              "train": meta.get("metrics", {}), "domain_base": r["domain_base"],
+                              "domain_adapted": r["domain_adapted"], "domain_constrained": constrained[t.adapter],
+                              "general": r["general"], "forgetting": r["forgetting"]}
+    results = {"finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+               "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
+                           "load_average_at_end": [round(x, 2) for x in os.getloadavg()]},
+               "seconds": {**timer.phases, "total": timer.total},
+               "cpu_seconds": {**timer.cpu, "total": round(time.process_time(), 1)}, "tenants": tenants}
+    path = opts.workdir / "results.json"
+    write_text(path, json.dumps(results, indent=2) + "\n")
+    return path
 
 
 def run(opts: DemoOptions) -> None:
     from loraops.models import load_base
 
-    t0 = time.time()
+    timer = Timer()
     opts.workdir.mkdir(parents=True, exist_ok=True)
     # The demo's registry lives in its workdir; converted base models stay in the shared cache.
     from loraops.paths import models_dir
     os.environ["LORAOPS_MODELS"] = str(models_dir())
     os.environ["LORAOPS_HOME"] = str(opts.workdir / "home")
     _step("1/6 base model")
-    base = load_base(opts.base, progress=True)
+    with timer.phase("load base"):
+        base = load_base(opts.base, progress=True)
     console.print(f"{base.info.name}: {base.info.path} ({base.info.fingerprint[:19]})")
     _step("2/6 curate two tenants' data")
-    data = prepare_data(opts, base.tokenizer)
+    with timer.phase("curate"):
+        data = prepare_data(opts, base.tokenizer)
+    _step("3/6 train one adapter per tenant")
+    adapters = train_adapters(opts, base, data, timer)
     base_info = base.info
     del base
-    _step("3/6 train one adapter per tenant")
-    adapters = train_adapters(opts, data)
     _step("4/6 evaluate against the base: domain gain and forgetting")
-    reports = evaluate_adapters(opts, data, adapters)
+    reports = evaluate_adapters(opts, data, adapters, timer)
+    with timer.phase("eval constrained"):
+        constrained = constrained_scores(opts, data, adapters)
+    console.print(scores_table(reports, constrained))
+    console.print(per_field_lines(reports))
     _step("5/6 register, gate and promote")
-    register_and_promote(adapters, reports, base_info.name, base_info.fingerprint, opts.gate)
+    with timer.phase("register"):
+        register_and_promote(adapters, reports, base_info.name, base_info.fingerprint, opts.gate)
     _step("6/6 serve both tenants from one base")
     keys = write_tenants(opts.workdir / "tenants.toml")
     admin_key = f"sk-admin-{secrets.token_urlsafe(12)}"
     with _stop_signals_interrupt():
-        _serve(opts, keys, admin_key, base_info.name, t0)
+        _serve(opts, keys, admin_key, base_info.name, timer,
+               lambda: write_results(opts, timer, reports, constrained, adapters))
 
 
-def _serve(opts: DemoOptions, keys: dict[str, str], admin_key: str, base_name: str, t0: float) -> None:
-    proc, url = start_server(opts, opts.workdir / "tenants.toml", admin_key)
+def _serve(opts: DemoOptions, keys: dict[str, str], admin_key: str, base_name: str, timer: Timer,
+           finish: Callable[[], Path]) -> None:
+    """Start the server, query it, write results.json (`finish`), then keep serving unless --no-serve."""
+    with timer.phase("serve + queries"):
+        proc, url = start_server(opts, opts.workdir / "tenants.toml", admin_key)
     finished = False
     try:
-        console.print(query(url, keys, base_name))
-        console.print(f"[green]demo finished in {(time.time() - t0) / 60:.1f} min[/]")
+        with timer.phase("serve + queries"):
+            rendered = query(url, keys, base_name)
+        for renderable in rendered:
+            console.print(renderable)
+        results = finish()
+        phases = ", ".join(f"{k} {v / 60:.1f}" for k, v in timer.phases.items())
+        console.print(f"[green]demo finished in {timer.total / 60:.1f} min[/] (minutes: {phases}; {results})")
         finished = True
         if not opts.serve:
             return

@@ -1,7 +1,8 @@
 """Domain metrics as pure functions over strings: exact match, token F1, JSON field accuracy and
 hallucinated fields. No model, no I/O: everything here is testable on hand-made cases.
 
-Text answers are compared after SQuAD's normalisation (lower-case, punctuation and the articles
+Exact match on a JSON reference means the prediction is exactly that object and nothing else
+(`json_exact_match`). Text answers are compared after SQuAD's normalisation (lower-case, punctuation and the articles
 a/an/the removed, whitespace collapsed). JSON field values are compared after `normalize_value`
 (strings case-folded and whitespace-collapsed, numbers compared numerically, "1,234.56" == 1234.56).
 """
@@ -115,6 +116,20 @@ def field_accuracy(prediction: str, expected: dict) -> FieldResult:
     return FieldResult({k: k in predicted and values_equal(predicted[k], v) for k, v in expected.items()}, False)
 
 
+def json_exact_match(prediction: str, expected: dict) -> float:
+    """1.0 when the prediction is nothing but the expected object: every field equal (as field accuracy
+    compares them), no extra key, no text around it. The reference's own text is not compared, so a
+    chat template's end-of-turn marker left on it ("...}<end_of_turn>") cannot fail every example."""
+    text = prediction.strip()
+    try:
+        predicted, end = json.JSONDecoder().raw_decode(text)
+    except json.JSONDecodeError:
+        return 0.0
+    if end != len(text) or not isinstance(predicted, dict) or set(predicted) != set(expected):
+        return 0.0
+    return float(all(values_equal(predicted[k], v) for k, v in expected.items()))
+
+
 def _leaves(value: Any) -> list[Any]:
     if isinstance(value, dict):
         return [leaf for v in value.values() for leaf in _leaves(v)]
@@ -204,14 +219,16 @@ def score_domain(prompts: Sequence[str], predictions: Sequence[str], references:
     if not (len(prompts) == len(predictions) == len(references)) or not references:
         raise ValueError("prompts, predictions and references must be non-empty and of equal length")
     n = len(references)
-    em = sum(map(exact_match, predictions, references)) / n
     f1 = sum(map(token_f1, predictions, references)) / n
     per_field: dict[str, list[bool]] = {}
     json_n = parse_failures = unsupported = checked = 0
+    em = 0.0
     for prompt, pred, ref in zip(prompts, predictions, references):
         expected = parse_json_object(ref) if ref.strip().startswith("{") else None
         if expected is None:
+            em += exact_match(pred, ref)
             continue
+        em += json_exact_match(pred, expected)
         json_n += 1
         result = field_accuracy(pred, expected)
         parse_failures += result.parse_failure
@@ -219,6 +236,7 @@ def score_domain(prompts: Sequence[str], predictions: Sequence[str], references:
             per_field.setdefault(k, []).append(ok)
         bad, total = hallucinated_fields(pred, prompt)
         unsupported, checked = unsupported + bad, checked + total
+    em /= n
     if json_n == 0:
         return DomainScores(n, em, f1)
     fields_total = sum(len(v) for v in per_field.values())

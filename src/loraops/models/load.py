@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from loraops.data.formats import end_of_turn_id
 from loraops.errors import BaseMismatchError
 from loraops.lora import Adapter, apply_adapter, read_adapter
 from loraops.models.fingerprint import short
@@ -31,6 +32,7 @@ def load_base(spec: str, dtype: torch.dtype = torch.float32, progress: bool = Fa
     info = resolve_base(spec, progress=progress)
     model = AutoModelForCausalLM.from_pretrained(info.path, dtype=dtype, use_safetensors=True).eval()
     tokenizer = AutoTokenizer.from_pretrained(info.path)
+    _stop_at_end_of_turn(model, tokenizer)
     return LoadedBase(model, tokenizer, info)
 
 
@@ -68,6 +70,20 @@ def load_encoder_base(spec: str, dtype: torch.dtype = torch.float32) -> EncoderB
     missing = set(loading["missing_keys"]) | {k[0] if isinstance(k, tuple) else k for k in loading["mismatched_keys"]}
     return EncoderBase(model.eval(), AutoTokenizer.from_pretrained(info.path), info,
                        sorted({k.rsplit(".", 1)[0] for k in missing}))
+
+
+def _stop_at_end_of_turn(model: nn.Module, tokenizer) -> None:
+    """Make generation stop where a chat turn ends. Gemma 3's GGUF (and so our converted base) lists only
+    <eos> in its generation config, not <end_of_turn>: a chat model then runs past the end of its answer,
+    and everything that reads the stop set (evaluation, the serving engine) printed what came after."""
+    eot = end_of_turn_id(tokenizer)
+    config = getattr(model, "generation_config", None)
+    if eot is None or config is None:
+        return
+    eos = config.eos_token_id
+    ids = list(eos) if isinstance(eos, (list, tuple)) else [] if eos is None else [eos]
+    if eot not in ids:
+        config.eos_token_id = [*ids, eot]
 
 
 def check_base(adapter: Adapter, base_name: str, base_fingerprint: str, force: bool = False) -> None:

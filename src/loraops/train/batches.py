@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+from loraops.data.formats import end_of_turn_id
 from loraops.data.tokenize import IGNORE, PackedRow, encode_example, pack
 from loraops.errors import DataFormatError, TrainDataError
 
@@ -83,28 +84,33 @@ def load_dataset(data: str | Path, val_fraction: float = 0.05, seed: int = 0) ->
 
 
 def encode_all(tokenizer, records: list[dict], seq_len: int) -> list[Example]:
-    """Tokenize (completion-only labels for prompt/completion, every token for text); examples
-    with nothing to learn from are dropped."""
-    examples = [encode_example(tokenizer, r, seq_len) for r in records]
+    """Tokenize (completion-only labels for prompt/completion, ending at the chat template's
+    end-of-turn token; every token for text); examples with nothing to learn from are dropped."""
+    end_of_turn = end_of_turn_id(tokenizer)
+    examples = [encode_example(tokenizer, r, seq_len, end_of_turn) for r in records]
     return [e for e in examples if any(label != IGNORE for label in e[1][1:])]
 
 
-def epoch_rows(examples: list[Example], seq_len: int, seed: int, epoch: int) -> list[PackedRow]:
-    """This epoch's packed rows: examples shuffled by (seed, epoch), then packed greedily. A pure
-    function, so a resumed run rebuilds exactly the rows it was in the middle of."""
+def epoch_rows(examples: list[Example], seq_len: int, seed: int, epoch: int,
+               shared_prefix: list[int] | tuple = ()) -> list[PackedRow]:
+    """This epoch's packed rows: examples shuffled by (seed, epoch), then packed greedily (the shared
+    prompt prefix once per row, see `pack`). A pure function, so a resumed run rebuilds exactly the
+    rows it was in the middle of."""
     order = list(range(len(examples)))
     random.Random(f"{seed}/{epoch}").shuffle(order)
-    return pack([examples[i] for i in order], seq_len)
+    return pack([examples[i] for i in order], seq_len, shared_prefix)
 
 
 @dataclass
 class Batch:
-    """Right-padded rows. input_ids, labels, position_ids, seq_ids: [B, T]; seq_ids is -1 on padding."""
+    """Right-padded rows. input_ids, labels, position_ids, seq_ids: [B, T]; seq_ids is -1 on padding.
+    prefix_ids [B, T] (rows packed with a shared prefix): the seq id each token also attends to, or -1."""
 
     input_ids: torch.Tensor
     labels: torch.Tensor
     position_ids: torch.Tensor
     seq_ids: torch.Tensor
+    prefix_ids: torch.Tensor | None = None
 
     @property
     def num_tokens(self) -> int:
@@ -119,33 +125,44 @@ def collate(rows: list[PackedRow], pad_id: int) -> Batch:
     width = max(len(r.input_ids) for r in rows)
 
     def padded(field: str, fill: int) -> torch.Tensor:
-        return torch.tensor([getattr(r, field) + [fill] * (width - len(r.input_ids)) for r in rows])
+        return torch.tensor([(getattr(r, field) or [-1] * len(r.input_ids)) + [fill] * (width - len(r.input_ids))
+                             for r in rows])
 
+    shared = any(r.prefix_ids is not None for r in rows)
     return Batch(padded("input_ids", pad_id), padded("labels", IGNORE), padded("position_ids", 0),
-                 padded("seq_ids", -1))
+                 padded("seq_ids", -1), padded("prefix_ids", -1) if shared else None)
 
 
-def block_causal_mask(seq_ids: torch.Tensor, dtype: torch.dtype, sliding_window: int | None = None) -> torch.Tensor:
-    """seq_ids [B, T] -> additive mask [B, 1, T, T]: 0 where query q may attend key k (same example,
-    k <= q, and q - k < sliding_window if given), the dtype's minimum elsewhere. Padding attends only
-    to itself, so no softmax row is empty. Transformers passes a 4D mask through unchanged."""
+def block_causal_mask(seq_ids: torch.Tensor, dtype: torch.dtype, sliding_window: int | None = None,
+                      prefix_ids: torch.Tensor | None = None, position_ids: torch.Tensor | None = None) -> torch.Tensor:
+    """seq_ids [B, T] -> additive mask [B, 1, T, T]: 0 where query q may attend key k (same example and
+    k <= q, or k in the shared prefix q's prefix_ids name; and, if sliding_window is given, q - k <
+    sliding_window in positions: position_ids [B, T], else row indices), the dtype's minimum elsewhere.
+    Padding attends only to itself, so no softmax row is empty. Transformers passes a 4D mask through
+    unchanged."""
     t = seq_ids.shape[1]
     idx = torch.arange(t, device=seq_ids.device)
-    causal = idx[None, :] <= idx[:, None]  # [q, k]
-    if sliding_window is not None:
-        causal &= idx[:, None] - idx[None, :] < sliding_window
+    causal = (idx[None, :] <= idx[:, None])[None]  # [1, q, k]
     allowed = (seq_ids[:, :, None] == seq_ids[:, None, :]) & causal  # [B, q, k]
+    if prefix_ids is not None:
+        # the prefix block precedes every example that shares it, so this is causal too
+        allowed |= (prefix_ids[:, :, None] == seq_ids[:, None, :]) & (prefix_ids[:, :, None] >= 0)
+    if sliding_window is not None:
+        pos = position_ids if position_ids is not None else idx[None].expand_as(seq_ids)
+        allowed &= pos[:, :, None] - pos[:, None, :] < sliding_window
     allowed |= torch.eye(t, dtype=torch.bool, device=seq_ids.device)
     mask = torch.zeros(allowed.shape, dtype=dtype, device=seq_ids.device)
     return mask.masked_fill_(~allowed, torch.finfo(dtype).min)[:, None]
 
 
-def attention_mask_for(config, seq_ids: torch.Tensor, dtype: torch.dtype):
+def attention_mask_for(config, seq_ids: torch.Tensor, dtype: torch.dtype, prefix_ids: torch.Tensor | None = None,
+                       position_ids: torch.Tensor | None = None):
     """The mask argument for this model: one 4D mask, or for models that mix sliding-window and
     global layers (Gemma 3) the per-layer-type dict their forward accepts."""
     layer_types = getattr(config, "layer_types", None) or []
     window = getattr(config, "sliding_window", None)
-    full = block_causal_mask(seq_ids, dtype)
+    full = block_causal_mask(seq_ids, dtype, prefix_ids=prefix_ids)
     if "sliding_attention" in layer_types and window:
-        return {"full_attention": full, "sliding_attention": block_causal_mask(seq_ids, dtype, window)}
+        return {"full_attention": full,
+                "sliding_attention": block_causal_mask(seq_ids, dtype, window, prefix_ids, position_ids)}
     return full

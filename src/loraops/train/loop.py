@@ -14,11 +14,12 @@ import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 
 import loraops
-from loraops.data.tokenize import IGNORE, PackedRow, pack
+from loraops.data.tokenize import IGNORE, PackedRow, pack, shared_prompt_prefix
 from loraops.errors import ConfigError, TrainDataError, TrainingDivergedError
 from loraops.lora import Adapter, LoRAConfig, apply_adapter, extract, inject, read_adapter, save_adapter
 from loraops.models import LoadedBase, check_base, load_base
@@ -111,7 +112,7 @@ def lm_loss(model, batch, cfg: TrainConfig) -> torch.Tensor:
     """Summed next-token loss of a batch, through the model body and the chunked LM head only."""
     body, head = model.base_model, model.get_output_embeddings()
     dtype = torch.bfloat16 if cfg.precision == "bf16" else next(body.parameters()).dtype
-    mask = attention_mask_for(model.config, batch.seq_ids, dtype)
+    mask = attention_mask_for(model.config, batch.seq_ids, dtype, batch.prefix_ids, batch.position_ids)
     with torch.autocast("cpu", dtype=torch.bfloat16) if cfg.precision == "bf16" else nullcontext():
         hidden = body(input_ids=batch.input_ids, attention_mask=mask, position_ids=batch.position_ids,
                       use_cache=False).last_hidden_state  # [B, T, H]
@@ -183,7 +184,8 @@ class LMTask:
         if not examples:
             raise TrainDataError(f"no training example in {cfg.data} has a token to learn from")
         self.val_items = pack(encode_all(tokenizer, data.val, cfg.seq_len), cfg.seq_len)
-        self.plan = EpochPlan(lambda epoch: epoch_rows(examples, cfg.seq_len, cfg.seed, epoch),
+        shared_prefix = shared_prompt_prefix(examples)   # the task's fixed instruction, computed once a row
+        self.plan = EpochPlan(lambda epoch: epoch_rows(examples, cfg.seq_len, cfg.seed, epoch, shared_prefix),
                               cfg.batch_size * cfg.grad_accum, cfg.epochs, cfg.max_steps)
 
     def lora_config(self) -> LoRAConfig:
@@ -219,8 +221,12 @@ def make_task(base, data, cfg: TrainConfig):
     return LMTask(base, data, cfg)
 
 
-def train(base, data, cfg: TrainConfig, d: Dist = Dist()) -> TrainResult:
-    """The loop, for any task (task.py): `base` and `data` are what `run` loaded for it."""
+def train(base, data, cfg: TrainConfig, d: Dist = Dist(),
+          on_eval: Callable[[int, float | None], None] | None = None) -> TrainResult:
+    """The loop, for any task (task.py): `base` and `data` are what `run` loaded for it.
+    `on_eval(steps_done, val_loss)` runs after each periodic validation (every eval_every steps,
+    not after the last), with the model as trained so far; what it raises ends the run. The tuner
+    scores and prunes trials there."""
     model, out = base.model, Path(cfg.out)
     task = make_task(base, data, cfg)
     plan, unit = task.plan, task.unit
@@ -279,6 +285,8 @@ def train(base, data, cfg: TrainConfig, d: Dist = Dist()) -> TrainResult:
                 val = evaluate(model, task, cfg, d)
                 if val is not None:
                     metrics.log({"step": pos.step - 1, "val_loss": val})
+                if on_eval is not None:
+                    on_eval(pos.step, val)
             if pos.step % cfg.save_every == 0 and pos.step < total_steps and d.is_main:
                 state = {"position": asdict(pos), "data_seed": cfg.seed, "optimizer": optimizer.state_dict(),
                          "schedule": {"kind": "warmup-cosine", "step": pos.step, "total_steps": total_steps},

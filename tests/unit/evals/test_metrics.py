@@ -84,6 +84,23 @@ def test_domain_scores_micro_average_fields_and_pick_field_accuracy_for_json_tas
     assert s.primary_value == s.field_accuracy
 
 
+def test_json_exact_match_is_the_whole_object_and_nothing_else():
+    from loraops.evals.metrics import json_exact_match
+
+    expected = {"category": "billing", "priority": "high"}
+    assert json_exact_match('{"priority": "high", "category": "Billing"}', expected) == 1.0  # order, case
+    assert json_exact_match('{"category": "billing", "priority": "low"}', expected) == 0.0
+    assert json_exact_match('{"category": "billing", "priority": "high", "x": 1}', expected) == 0.0
+    assert json_exact_match('{"category": "billing", "priority": "high"} arsipkan', expected) == 0.0
+    assert json_exact_match('Sure: {"category": "billing", "priority": "high"}', expected) == 0.0
+
+
+def test_a_reference_with_the_templates_end_of_turn_left_on_it_still_matches_exactly():
+    # what val.jsonl holds for chat data: the completion as the template renders it
+    s = score_domain(["p"], ['{"a": 1}'], ['{"a": 1}<end_of_turn>'])
+    assert (s.exact_match, s.field_accuracy) == (1.0, 1.0)
+
+
 def test_text_tasks_use_f1_as_primary_and_have_no_json_metrics():
     s = score_domain(["q"], ["Paris"], ["paris"])
     assert (s.primary, s.primary_value, s.field_accuracy, s.json_examples) == ("f1", 1.0, None, 0)

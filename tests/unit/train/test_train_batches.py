@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from tiny import tiny_gemma3, tiny_llama, tiny_tokenizer
-from loraops.data.tokenize import IGNORE, pack
+from loraops.data.tokenize import IGNORE, pack, shared_prompt_prefix
 from loraops.errors import DataFormatError, TrainDataError
 from loraops.train import TrainConfig
 from loraops.train.batches import (attention_mask_for, block_causal_mask, collate, encode_all, epoch_rows,
@@ -117,3 +117,54 @@ def test_training_loss_equals_the_models_own_logits_loss_with_final_softcapping(
         assert logits.abs().max() <= 2.0
         reference = torch.nn.functional.cross_entropy(logits[0, :-1], batch.labels[0, 1:], reduction="sum")
         assert float(lm_loss(model, batch, cfg)) == pytest.approx(float(reference), rel=1e-5)
+
+
+def _prefixed_examples(prefix_len: int = 10):
+    """Examples that share a prompt prefix (each then its own prompt and completion), plus a text one."""
+    g = torch.Generator().manual_seed(1)
+    prefix = torch.randint(3, 300, (prefix_len,), generator=g).tolist()
+    out = []
+    for prompt, completion in ((3, 4), (12, 9), (1, 2), (20, 6)):  # some reach past the sliding window (16)
+        rest = torch.randint(3, 300, (prompt + completion,), generator=g).tolist()
+        ids = prefix + rest
+        out.append((ids, [IGNORE] * (prefix_len + prompt) + rest[prompt:]))
+    text = torch.randint(3, 300, (7,), generator=g).tolist()
+    return prefix, out[:2] + [(text, [IGNORE, *text[1:]])] + out[2:]
+
+
+def test_the_shared_prompt_prefix_is_what_every_prompt_starts_with_short_of_the_first_label():
+    prefix, exs = _prefixed_examples()
+    assert shared_prompt_prefix(exs) == prefix  # the text example does not count
+    assert shared_prompt_prefix(exs, min_len=11) == []
+    cut = [(ids, [IGNORE] * 5 + ids[5:]) for ids, _ in exs if len(ids) > 10]  # labels from token 5
+    assert shared_prompt_prefix(cut, min_len=1) == prefix[:4]
+
+
+@pytest.mark.parametrize("build", [tiny_llama, tiny_gemma3])
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_a_row_with_a_shared_prefix_gives_the_loss_and_gradients_of_whole_examples(build, attn):
+    from loraops.lora import LoRAConfig, inject
+
+    model = build()
+    model.config._attn_implementation = attn
+    inject(model, LoRAConfig(r=4, alpha=8, target_modules="all-linear"))
+    with torch.no_grad():  # B != 0, so A's gradients are not trivially zero
+        for name, p in model.named_parameters():
+            if p.requires_grad:
+                p.normal_(0, 0.1)
+    cfg = TrainConfig(base="b", data="d", out="o", loss_chunk=8)
+    prefix, exs = _prefixed_examples()
+    shared, whole = pack(exs, 256, prefix), pack(exs, 256)
+    assert len(shared) == len(whole) == 1
+    assert len(shared[0].input_ids) == len(whole[0].input_ids) - 3 * len(prefix)  # 4 sharers, 1 prefix
+
+    def loss_and_grads(rows):
+        model.zero_grad()
+        loss = lm_loss(model, collate(rows, 0), cfg)
+        loss.backward()
+        return float(loss.detach()), {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+
+    (loss_s, grads_s), (loss_w, grads_w) = loss_and_grads(shared), loss_and_grads(whole)
+    assert loss_s == pytest.approx(loss_w, rel=1e-5)
+    for name in grads_w:
+        torch.testing.assert_close(grads_s[name], grads_w[name], rtol=1e-4, atol=1e-6)
