@@ -2,7 +2,7 @@
 process, the official openai client, a tiny random Llama.
 
 The training set teaches one answer ("billing high priority") to ticket-routing questions. On this
-tiny base the recipe below (all-linear rank 8, learning rate x100, 10 epochs of batch 1: 70 steps)
+tiny base the recipe below (all-linear rank 8, learning rate x100, 10 epochs of batch 1: 50 steps)
 makes the adapter answer the probe with the taught words and gain on the validation split, which
 the random base cannot (F1 0 -> 1 when measured), with no forgetting: so the promotion gate passes.
 A learning rate x1000 over-trains it: the adapter loses the answer again and the gate refuses it
@@ -264,17 +264,19 @@ def test_upload_train_evaluate_register_and_serve_through_the_openai_client(worl
                                   "Curated the training data: kept 40 of 40 lines"]):
         assert fragment in messages[i], messages[:6]
     assert first_loss == 4
-    assert any(m.startswith("Step 70: training loss") for m in messages)
+    # 40 tickets packed (their shared instruction once per row) into 5 rows an epoch: batch 1, 10 epochs
+    steps = 50
+    assert any(m.startswith(f"Step {steps}: training loss") for m in messages)
     assert any(m.startswith("Evaluated against the base: f1") for m in messages)
     assert any(m.startswith("Promotion gate passed") and m.endswith("promoted to production") for m in messages)
     assert messages[-1] == "The job has successfully completed"
     metrics = [e for e in events(world, job.id) if e.type == "metrics" and "train_loss" in (e.data or {})]
-    assert [e.data["step"] for e in metrics] == list(range(1, 71))
+    assert [e.data["step"] for e in metrics] == list(range(1, steps + 1))
     assert metrics[-1].data["train_loss"] < metrics[0].data["train_loss"]
 
     checkpoints = list(c.fine_tuning.jobs.checkpoints.list(job.id))
-    assert [k.step_number for k in checkpoints] == [70, 65, 60, 55]  # the final model and the last three
-    assert checkpoints[0].fine_tuned_model_checkpoint == f"{job.fine_tuned_model}:ckpt-step-70"
+    assert [k.step_number for k in checkpoints] == [steps, steps - 5, steps - 10, steps - 15]  # final + last three
+    assert checkpoints[0].fine_tuned_model_checkpoint == f"{job.fine_tuned_model}:ckpt-step-{steps}"
     assert checkpoints[0].metrics.train_loss == pytest.approx(metrics[-1].data["train_loss"])
 
     adapted, base = chat(world, job.fine_tuned_model), chat(world, "tiny")
@@ -285,7 +287,7 @@ def test_upload_train_evaluate_register_and_serve_through_the_openai_client(worl
 
     (results,) = job.result_files
     lines = c.files.content(results).text.splitlines()
-    assert lines[0] == "step,train_loss,valid_loss,learning_rate,tokens,tokens_per_s" and len(lines) == 71
+    assert lines[0] == "step,train_loss,valid_loss,learning_rate,tokens,tokens_per_s" and len(lines) == steps + 1
 
     assert [p.name for p in workdir(world, job.id).iterdir()] == ["job.log"]  # the tenant's data is gone
     with Registry(url=f"sqlite:///{world['home'] / 'registry.db'}", home=world["home"]) as registry:
