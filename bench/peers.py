@@ -93,10 +93,10 @@ class Result:
 
 def issue17_trace(tokenizer, requests: int = 48, rate: float = 4.0, seed: int = 0,
                   min_new: int = 16, max_new: int = 96) -> list[Request]:
-    from serve import trace                                       # bench/serve.py: same prompts and draws
+    from workload import repetitive                      # bench/workload.py: the same prompts and draws
 
-    return [Request(at, adapter, ids, new) for at, adapter, ids, new in
-            trace(requests, ADAPTERS, rate, tokenizer, seed, min_new, max_new)]
+    return [Request(r.arrival_s, r.adapter, tokenizer(r.prompt)["input_ids"], r.max_tokens)
+            for r in repetitive(requests, ADAPTERS, rate, seed, min_new, max_new)]
 
 
 # ---- setup -------------------------------------------------------------------------------------

@@ -45,7 +45,7 @@ BAD = [  # (raw body or JSON, the status it must get)
     (b'{"model": "%s", "prompt": "x", "temperature": NaN}', 400),
     (b'{"model": "%s", "prompt": "a\\ud800b"}', 400),
     (b'{"model": "%s", "prompt": "x", "x": ' + b"[" * 2000 + b"]" * 2000 + b"}", 400),
-    (b'{"model": "%s", "prompt": "x", "presence_penalty": 1.5}', 400),
+    (b'{"model": "%s", "prompt": "x", "suffix": "y"}', 400),           # refused by name (no FIM)
     (b'{"model": "%s", "prompt": "x", "top_p": 5e-324}', 400),
     (b'{"model": "nobody-adapter", "prompt": "x"}', 404),
     (b'{"model": "%s", "prompt": "' + b"word " * 100_000 + b'"}', 400),
