@@ -117,3 +117,11 @@ def test_threads_belongs_to_the_single_process_server():
     opts.threads = 2
     with pytest.raises(ConfigError, match="--threads-per-replica"):
         check_options(opts)
+
+
+def test_an_encoder_base_is_refused_with_ray(tmp_path):
+    (tmp_path / "config.json").write_text('{"architectures": ["BertForSequenceClassification"]}')
+    opts = cluster_opts()
+    opts.base = str(tmp_path)
+    with pytest.raises(ConfigError, match="encoder"):
+        check_options(opts)
